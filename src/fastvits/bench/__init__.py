@@ -1,0 +1,1 @@
+"""Benchmarks: model throughput, latency, memory and FLOPs."""

@@ -1,0 +1,75 @@
+"""Caching of tensors that depend only on weights and input size (position biases).
+
+In eval mode without autograd, a module computes such a tensor once per key (grid size, device,
+dtype) and reuses it. The cache is dropped when the module goes back to training, moves to another
+device or dtype, or when any of its parameters changes (load_state_dict, optimizer steps: PyTorch
+bumps a tensor's version counter on every in-place write). Tracing, exporting and compiling always
+compute in-graph, so exported graphs carry the computation rather than a stale constant.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Hashable
+
+import torch
+import torch.nn as nn
+
+__all__ = ["CachedByInput", "is_exporting"]
+
+
+def is_exporting() -> bool:
+    """True while torch.compile, torch.jit or torch.onnx is capturing a graph."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.onnx.is_in_onnx_export()
+    )
+
+
+def _autocast_state() -> tuple:
+    return tuple(
+        torch.get_autocast_dtype(d) if torch.is_autocast_enabled(d) else None for d in ("cpu", "cuda")
+    )
+
+
+class CachedByInput(nn.Module):
+    """Base class for modules whose output depends on the weights and the input size only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache: dict[Hashable, torch.Tensor] = {}
+        self._stamp: tuple = ()
+
+    def _weights_stamp(self) -> tuple:
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+
+    def cached(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        if self.training or torch.is_grad_enabled() or is_exporting():
+            return compute()
+        key = (key, _autocast_state())
+        stamp = self._weights_stamp()
+        if stamp != self._stamp:
+            self._cache.clear()
+            self._stamp = stamp
+        value = self._cache.get(key)
+        if value is None:
+            value = self._cache[key] = compute()
+        return value
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def train(self, mode: bool = True) -> "CachedByInput":
+        self._cache.clear()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse: bool = True):  # .to(), .half(), .cuda() ...
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:  # copy.deepcopy / pickle never carry a cache
+        state = self.__dict__.copy()
+        state["_cache"] = {}
+        state["_stamp"] = ()
+        return state

@@ -1,0 +1,117 @@
+"""MLP position encodings of FasterViT (SwinV2-style continuous position bias).
+
+Both encodings are functions of the grid size only, so one module serves every input size: the
+grid is derived from the actual input at run time. On square grids they reproduce the official
+tables bit for bit; on rectangular grids each axis is normalised by its own extent (the official
+code has no rectangular case).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+
+from .cache import CachedByInput, is_exporting
+
+__all__ = ["ContinuousRelativeBias", "MlpPositionEmbedding", "relative_coords_table", "relative_position_index"]
+
+# Expanded (heads, N, N) biases up to this many elements are cached whole; larger ones (the 21K
+# models' 48x48 windows: 16 x 2304 x 2304) keep only the compact table and gather on every call.
+FULL_BIAS_CACHE_LIMIT = 1 << 20
+
+
+def _relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """((2h-1) * (2w-1), 2) log-spaced relative coordinates (row offset, column offset)."""
+    dh = torch.arange(-(h - 1), h, dtype=torch.float32, device=device)
+    dw = torch.arange(-(w - 1), w, dtype=torch.float32, device=device)
+    table = torch.stack(torch.meshgrid(dh, dw, indexing="ij"), dim=-1)  # (2h-1, 2w-1, 2)
+    table[..., 0] /= max(h - 1, 1)
+    table[..., 1] /= max(w - 1, 1)
+    table *= 8
+    table = torch.sign(table) * torch.log2(torch.abs(table) + 1.0) / 3.0  # log2(8) = 3
+    return table.reshape(-1, 2)
+
+
+def _relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(h*w, h*w) index into the coordinate table for every (query, key) pair, row-major tokens."""
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    ).flatten(1)  # (2, h*w)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (h*w, h*w, 2)
+    return (rel[..., 0] + h - 1) * (2 * w - 1) + (rel[..., 1] + w - 1)
+
+
+_cached_table = functools.lru_cache(maxsize=64)(_relative_coords_table)
+_cached_index = functools.lru_cache(maxsize=64)(_relative_position_index)
+
+
+def relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
+    return _relative_coords_table(h, w, device) if is_exporting() else _cached_table(h, w, device)
+
+
+def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
+    return _relative_position_index(h, w, device) if is_exporting() else _cached_index(h, w, device)
+
+
+class ContinuousRelativeBias(CachedByInput):
+    """Per-head attention bias `16 * sigmoid(MLP(log-spaced relative coordinates))` for an h x w grid.
+
+    `seq_len` larger than h*w prepends tokens with zero bias (FasterViT's carrier tokens in front of
+    each window).
+    """
+
+    def __init__(self, num_heads: int, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, hidden_dim, bias=True), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads, bias=False)
+        )
+
+    def _table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        coords = relative_coords_table(grid[0], grid[1], device).to(self.cpb_mlp[0].weight.dtype)
+        return 16 * torch.sigmoid(self.cpb_mlp(coords))  # ((2h-1)*(2w-1), heads)
+
+    def _expand(self, table: torch.Tensor, grid: tuple[int, int], seq_len: int) -> torch.Tensor:
+        n = grid[0] * grid[1]
+        index = relative_position_index(grid[0], grid[1], table.device)
+        bias = table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
+        extra = seq_len - n
+        if extra:
+            bias = nn.functional.pad(bias, (extra, 0, extra, 0))  # (heads, N, N), zero rows/cols first
+        return bias.unsqueeze(0).contiguous()  # (1, heads, N, N)
+
+    def forward(self, grid: tuple[int, int], seq_len: int, device: torch.device) -> torch.Tensor:
+        grid = (int(grid[0]), int(grid[1]))
+        if self.num_heads * seq_len * seq_len <= FULL_BIAS_CACHE_LIMIT:
+            return self.cached(("full", grid, seq_len, device), lambda: self._expand(self._table(grid, device), grid, seq_len))
+        table = self.cached(("table", grid, device), lambda: self._table(grid, device))
+        return self._expand(table, grid, seq_len)
+
+
+class MlpPositionEmbedding(CachedByInput):
+    """Absolute position embedding `MLP(normalised (row, col))` for an h x w token grid -> (1, h*w, dim).
+
+    Coordinates are `(a - n//2) / (n//2)` per axis, computed in the working dtype.
+    """
+
+    def __init__(self, dim: int, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.cpb_mlp = nn.Sequential(
+            nn.Linear(2, hidden_dim, bias=True), nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim, bias=False)
+        )
+
+    def _compute(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        axes = []
+        for n in grid:
+            a = torch.arange(0, n, device=device, dtype=dtype)
+            a -= n // 2
+            a /= max(n // 2, 1)
+            axes.append(a)
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)  # (1, 2, h, w)
+        return self.cpb_mlp(coords.flatten(2).transpose(1, 2))  # (1, h*w, dim)
+
+    def forward(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        grid = (int(grid[0]), int(grid[1]))
+        return self.cached((grid, device, dtype), lambda: self._compute(grid, device, dtype))

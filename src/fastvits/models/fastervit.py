@@ -1,0 +1,487 @@
+"""FasterViT (Hatamizadeh et al., ICLR 2024): conv stages, then Hierarchical Attention (HAT) stages.
+
+Written from the paper and the published architecture facts; parameter names follow the official
+checkpoints so they load directly (see `fastvits.checkpoint`). Every model is dynamic: one instance
+runs any H x W >= 32. Transformer stages pad their map at the bottom/right to window multiples, and
+the carrier-token grid, its pooling and every position encoding are derived from the actual input.
+On inputs the official code accepts with a square window grid, the outputs equal the official ones;
+on non-square window grids carrier tokens keep their true 2-D layout (the official code scrambles
+them, see docs/fastervit.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerNorm2d
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+
+from ..checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
+from ..layers import CarrierTokenInit, HATBlock, pad_nchw, window_partition, window_reverse
+
+from ._common import check_image_input
+
+__all__ = ["FasterViT"]
+
+MIN_INPUT_SIZE = 32
+
+
+class ConvBlock(nn.Module):
+    """Residual block: 3x3 conv, BN, GELU, 3x3 conv, BN, optional layer scale."""
+
+    def __init__(self, dim: int, drop_path: float = 0.0, layer_scale: float | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.norm1 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.act1 = nn.GELU()
+        self.conv2 = nn.Conv2d(dim, dim, 3, padding=1)
+        self.norm2 = nn.BatchNorm2d(dim, eps=1e-5)
+        self.gamma = nn.Parameter(layer_scale * torch.ones(dim)) if layer_scale is not None else None
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
+        if self.gamma is not None:
+            y = y * self.gamma.view(1, -1, 1, 1)
+        return x + self.drop_path(y)
+
+
+class Downsample(nn.Module):
+    """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(self.norm(x))
+
+
+class Stem(nn.Module):
+    """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4."""
+
+    def __init__(self, in_chans: int, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.conv_down = nn.Sequential(
+            nn.Conv2d(in_chans, in_dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(in_dim, eps=1e-4),
+            nn.ReLU(),
+            nn.Conv2d(in_dim, dim, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(dim, eps=1e-4),
+            nn.ReLU(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_down(x)
+
+
+class ConvStage(nn.Module):
+    def __init__(
+        self, dim: int, depth: int, drop_path: Sequence[float], layer_scale_conv: float | None, downsample: bool
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[ConvBlock(dim, drop_path[i], layer_scale_conv) for i in range(depth)])
+        self.downsample = Downsample(dim) if downsample else None
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (stage output before the downsample, after it)."""
+        for blk in self.blocks:
+            x = checkpoint(blk, x) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
+        return x, (x if self.downsample is None else self.downsample(x))
+
+
+class HATStage(nn.Module):
+    """Transformer stage: window partition with optional carrier tokens, HAT blocks, reverse, downsample."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        ct_size: int,
+        mlp_ratio: float,
+        drop_path: Sequence[float],
+        layer_scale: float | None,
+        hat: bool,
+        do_propagation: bool,
+        downsample: bool,
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        self.blocks = nn.ModuleList(
+            [
+                HATBlock(
+                    dim,
+                    num_heads,
+                    window_size,
+                    ct_size=ct_size,
+                    mlp_ratio=mlp_ratio,
+                    drop_path=drop_path[i],
+                    layer_scale=layer_scale,
+                    carrier_tokens=hat,
+                    propagate=do_propagation and i == depth - 1,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.downsample = Downsample(dim) if downsample else None
+        self.global_tokenizer = CarrierTokenInit(dim, ct_size) if hat else None
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, H, W) -> (stage output before the downsample, after it)."""
+        B, C, H, W = x.shape
+        w = self.window_size
+        x = pad_nchw(x, (w, w))
+        Hp, Wp = x.shape[2:]
+        grid = (Hp // w, Wp // w)
+        ct = None
+        if self.global_tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
+            ct = self.global_tokenizer(x, grid)  # (B, N_ct, C) window-major
+        x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, ct = checkpoint(blk, x, ct, grid)
+            else:
+                x, ct = blk(x, ct, grid)
+        x = window_reverse(x, (w, w), (Hp, Wp)).permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
+        if (Hp, Wp) != (H, W):
+            x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
+        return x, (x if self.downsample is None else self.downsample(x))
+
+
+class FasterViT(nn.Module):
+    """FasterViT classifier and multi-scale backbone.
+
+    Args:
+        dim: channels of the first stage; stage i has dim * 2**i.
+        in_dim: channels of the stem's first conv.
+        depths: blocks per stage (stages 0-1 convolutional, 2-3 HAT).
+        num_heads: attention heads per stage (only stages 2-3 use them).
+        window_size: window side per stage (only stages 2-3 use them).
+        ct_size: carrier tokens per window side.
+        mlp_ratio: hidden width of the transformer MLPs relative to the stage width.
+        hat: per stage, whether carrier tokens are used (they are skipped at run time when a map
+            fits in a single window).
+        layer_scale: initial value of the transformer layer scales, or None for none.
+        layer_scale_conv: initial value of the conv-block layer scales, or None for none.
+        do_propagation: propagate carrier tokens back into the windows at the end of a HAT stage.
+        drop_path_rate: stochastic depth, linearly increasing over all blocks.
+        in_chans: input image channels.
+        num_classes: classifier outputs (0 for none).
+        global_pool: 'avg' or '' (no pooling in forward_head).
+        drop_rate: dropout before the classifier.
+    """
+
+    def __init__(
+        self,
+        dim: int = 64,
+        in_dim: int = 64,
+        depths: Sequence[int] = (2, 3, 6, 5),
+        num_heads: Sequence[int] = (2, 4, 8, 16),
+        window_size: Sequence[int] = (7, 7, 7, 7),
+        ct_size: int = 2,
+        mlp_ratio: float = 4.0,
+        hat: Sequence[bool] = (False, False, True, False),
+        layer_scale: float | None = None,
+        layer_scale_conv: float | None = None,
+        do_propagation: bool = False,
+        drop_path_rate: float = 0.0,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not len(depths) == len(num_heads) == len(window_size) == len(hat) == 4:
+            raise ValueError("depths, num_heads, window_size and hat need one entry per stage (4 stages)")
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = int(dim * 2 ** (len(depths) - 1))
+        self.grad_checkpointing = False
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.patch_embed = Stem(in_chans, in_dim, dim)
+        levels = []
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            stage_dim = int(dim * 2**i)
+            rates = dpr[sum(depths[:i]) : sum(depths[: i + 1])]
+            last = i == len(depths) - 1
+            if i < 2:
+                levels.append(ConvStage(stage_dim, depth, rates, layer_scale_conv, downsample=not last))
+            else:
+                levels.append(
+                    HATStage(
+                        stage_dim,
+                        depth,
+                        num_heads[i],
+                        window_size[i],
+                        ct_size,
+                        mlp_ratio,
+                        rates,
+                        layer_scale,
+                        hat=hat[i],
+                        do_propagation=do_propagation,
+                        downsample=not last,
+                    )
+                )
+            self.feature_info.append(dict(num_chs=stage_dim, reduction=2 ** (i + 2), module=f"levels.{i}"))
+        self.levels = nn.ModuleList(levels)
+        self.norm = nn.BatchNorm2d(self.num_features)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------------------------- timm protocol
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if n.split(".")[-1].startswith("gamma")}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^patch_embed",
+            blocks=r"^levels\.(\d+)" if coarse else [(r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^levels\.(\d+)", (0,))],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for level in self.levels:
+            level.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs before each downsample (strides 4, 8, 16, 32), plus the final features.
+
+        `norm=True` applies the final BatchNorm to the last stage's intermediate.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError("FasterViT intermediates are NCHW only")
+        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+        take, max_index = feature_take_indices(len(self.levels), indices)
+        levels = self.levels[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.levels
+        intermediates = []
+        x = self.patch_embed(x)
+        last = len(self.levels) - 1
+        for i, level in enumerate(levels):
+            feat, x = level(x)
+            if i in take:
+                intermediates.append(self.norm(feat) if norm and i == last else feat)
+        if intermediates_only:
+            return intermediates
+        if len(levels) == len(self.levels):
+            x = self.norm(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take, max_index = feature_take_indices(len(self.levels), indices)
+        self.levels = self.levels[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+        x = self.patch_embed(x)
+        for level in self.levels:
+            x = level(x)[1]
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def load_pretrained(self, path: str) -> None:
+        """timm's `custom_load` hook: official or fastvits weights through `fastvits.load_checkpoint`."""
+        load_checkpoint(self, path)
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+_DERIVED_BUFFERS = ("relative_bias", "relative_coords_table", "relative_position_index")
+_TOKENIZER_ALIAS = "global_tokenizer.to_global_feature.pos."
+
+
+@register_checkpoint_filter(FasterViT)
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Official FasterViT layout -> fastvits layout.
+
+    Drops the position-bias caches and coordinate tables (recomputed from the MLPs: never stored),
+    folds the tokenizer's duplicated conv keys into one after checking they agree, and renames the
+    attention bias MLP (`pos_emb_funct` -> `rel_pos`). fastvits checkpoints pass through unchanged.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if k.rsplit(".", 1)[-1] in _DERIVED_BUFFERS:
+            continue
+        if _TOKENIZER_ALIAS in k:
+            main = k.replace(_TOKENIZER_ALIAS, "global_tokenizer.pos_embed.")
+            if main in state_dict and not torch.equal(state_dict[main], v):
+                raise CheckpointError(f"{k} and {main} should hold the same tensor but differ: the file is corrupt")
+            k = main
+        out[k.replace(".pos_emb_funct.", ".rel_pos.")] = v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- variants
+_URL = "https://huggingface.co/ahatamiz/FasterViT/resolve/main/"
+_LICENSE = "nvidia-source-code-license-nc"
+
+
+def _cfg(file: str, **kwargs: Any) -> dict[str, Any]:
+    return {
+        "url": _URL + file,
+        "custom_load": True,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        "pool_size": (7, 7),
+        "fixed_input_size": False,
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.conv_down.0",
+        "classifier": "head",
+        "license": _LICENSE,
+        "paper_ids": "arXiv:2306.06189",
+        "paper_name": "FasterViT: Fast Vision Transformers with Hierarchical Attention",
+        "origin_url": "https://github.com/NVlabs/FasterViT",
+        **kwargs,
+    }
+
+
+_HAT_STAGE3 = (False, False, True, False)
+_LS = dict(layer_scale=1e-5, do_propagation=True)
+_FV4 = dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), **_LS)
+
+# name -> (architecture arguments, official ImageNet-1K top-1, pretrained cfg)
+FASTERVIT_VARIANTS: dict[str, tuple[dict[str, Any], float, dict[str, Any]]] = {
+    "fastervit_0_224": (
+        dict(dim=64, in_dim=64, depths=(2, 3, 6, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        82.1,
+        _cfg("fastervit_0_224_1k.pth.tar", crop_pct=0.875),
+    ),
+    "fastervit_1_224": (
+        dict(dim=80, in_dim=32, depths=(1, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        83.2,
+        _cfg("fastervit_1_224_1k.pth.tar"),
+    ),
+    "fastervit_2_224": (
+        dict(dim=96, in_dim=64, depths=(3, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
+        84.2,
+        _cfg("fastervit_2_224_1k.pth.tar"),
+    ),
+    "fastervit_3_224": (
+        dict(dim=128, in_dim=64, depths=(3, 3, 12, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.3, **_LS),
+        84.9,
+        _cfg("fastervit_3_224_1k.pth.tar"),
+    ),
+    "fastervit_4_224": (dict(_FV4, drop_path_rate=0.3), 85.4, _cfg("fastervit_4_224_1k.pth.tar")),
+    "fastervit_5_224": (
+        dict(dim=320, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3, **_LS),
+        85.6,
+        _cfg("fastervit_5_224_1k.pth.tar"),
+    ),
+    "fastervit_6_224": (
+        dict(dim=320, in_dim=64, depths=(3, 3, 16, 8), num_heads=(4, 8, 16, 32), drop_path_rate=0.5, **_LS),
+        85.8,
+        _cfg("fastervit_6_224_1k.pth.tar"),
+    ),
+}
+for _res, _top1, _crop in ((224, 86.6, 0.95), (384, 87.6, 1.0), (512, 87.8, 1.0), (768, 87.9, 0.93)):
+    _w = _res // 16
+    FASTERVIT_VARIANTS[f"fastervit_4_21k_{_res}"] = (
+        dict(_FV4, window_size=(7, 7, _w, _w // 2), hat=(False,) * 4, drop_path_rate=0.42),
+        _top1,
+        _cfg(
+            f"fastervit_4_21k_{_res}_w{_w}.pth.tar",
+            input_size=(3, _res, _res),
+            pool_size=(_res // 32, _res // 32),
+            crop_pct=_crop,
+            crop_mode="squash",
+        ),
+    )
+# Any-resolution names: the same architectures and checkpoints, configured for 576x960 inputs (541x960 for
+# FasterViT-2, as upstream). Every fastvits model is dynamic; these names keep the official vocabulary.
+for _name in list(FASTERVIT_VARIANTS):
+    _args, _top1, _c = FASTERVIT_VARIANTS[_name]
+    _h = 541 if _name.startswith("fastervit_2_") else 576
+    _anyres_args = dict(_args, drop_path_rate=0.3) if "_21k_" in _name else _args
+    FASTERVIT_VARIANTS[f"{_name}_any_res"] = (
+        _anyres_args, _top1, dict(_c, input_size=(3, _h, 960), pool_size=(-(-_h // 32), 30), test_input_size=None)
+    )
+
+default_cfgs = generate_default_cfgs({f"{name}.in1k": cfg for name, (_, _, cfg) in FASTERVIT_VARIANTS.items()})
+
+
+def _create_fastervit(variant: str, pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return build_model_with_cfg(
+        FasterViT,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _register(name: str, args: dict[str, Any]) -> None:
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+        return _create_fastervit(name, pretrained, **dict(args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__doc__ = f"FasterViT variant `{name}` (official name `{name.replace('fastervit_', 'faster_vit_', 1)}`)."
+    register_model(entrypoint)
+
+
+for _name, (_args, _, _) in FASTERVIT_VARIANTS.items():
+    _register(_name, _args)
