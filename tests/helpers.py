@@ -6,6 +6,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+import fastvits
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -20,3 +22,15 @@ def fixture_checkpoint(tensors: dict[str, torch.Tensor], path: Path) -> Path:
     sd = {k.removeprefix("state_dict."): v for k, v in tensors.items() if k.startswith("state_dict.")}
     safetensors.torch.save_file(sd, str(path))
     return path
+
+
+# family prefix -> overrides that shrink a variant while keeping its structure (windows, carrier tokens, layer scale)
+SMALL = {
+    "fastervit": dict(dim=16, in_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)),
+}
+
+
+def small_model(name: str, **kwargs) -> torch.nn.Module:
+    """A registered variant at reduced width and depth, for fast CPU tests."""
+    family = next(f for f in SMALL if name.startswith(f))
+    return fastvits.create_model(name, **SMALL[family], **kwargs)

@@ -209,7 +209,7 @@ class FasterViT(nn.Module):
         self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = int(dim * 2 ** (len(depths) - 1))
         self.grad_checkpointing = False
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.patch_embed = Stem(in_chans, in_dim, dim)
         levels = []
         self.feature_info = []
@@ -456,7 +456,8 @@ for _name in list(FASTERVIT_VARIANTS):
     _args, _top1, _c = FASTERVIT_VARIANTS[_name]
     _h = 541 if _name.startswith("fastervit_2_") else 576
     _anyres_args = dict(_args, drop_path_rate=0.3) if "_21k_" in _name else _args
-    FASTERVIT_VARIANTS[f"{_name}_any_res"] = (
+    _anyres_name = f"{_name}_any_res" if "_21k_" in _name else f"{_name.removesuffix('_224')}_any_res"
+    FASTERVIT_VARIANTS[_anyres_name] = (
         _anyres_args, _top1, dict(_c, input_size=(3, _h, 960), pool_size=(-(-_h // 32), 30), test_input_size=None)
     )
 

@@ -1,0 +1,55 @@
+"""Bad input gets an exception whose message names the problem and the fix."""
+
+import pytest
+import torch
+
+import fastvits
+from helpers import small_model
+
+FAMILIES = ["fastervit_0_224"]
+
+
+@pytest.fixture(params=FAMILIES)
+def model(request):
+    return small_model(request.param).eval()
+
+
+def test_wrong_channel_count(model):
+    with pytest.raises(ValueError, match=r"3 input channels but got 1.*in_chans=1"):
+        model(torch.randn(1, 1, 64, 64))
+
+
+def test_channels_last_input_hint(model):
+    with pytest.raises(ValueError, match="permute"):
+        model(torch.randn(1, 64, 64, 3))
+
+
+def test_missing_batch_dimension(model):
+    with pytest.raises(ValueError, match=r"4-D image batch.*unsqueeze\(0\)"):
+        model(torch.randn(3, 64, 64))
+
+
+def test_too_small(model):
+    with pytest.raises(ValueError, match="at least 32x32 pixels, got 16x64"):
+        model(torch.randn(1, 3, 16, 64))
+
+
+def test_integer_images(model):
+    with pytest.raises(TypeError, match="floating-point"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+
+
+def test_features_only_checks_too(model):
+    feats = fastvits.create_model(FAMILIES[0], features_only=True, dim=16, in_dim=16, depths=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="input channels"):
+        feats(torch.randn(1, 4, 64, 64))
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown fastvits model 'fastervit_9'.*available"):
+        fastvits.create_model("fastervit_9")
+
+
+def test_minimum_size_runs(model):
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 32, 33))).all()
