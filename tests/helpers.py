@@ -27,6 +27,7 @@ def fixture_checkpoint(tensors: dict[str, torch.Tensor], path: Path) -> Path:
 # family prefix -> overrides that shrink a variant while keeping its structure (windows, carrier tokens, layer scale)
 SMALL = {
     "fastervit": dict(dim=16, in_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)),
+    "litv2": dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4)),
 }
 
 

@@ -6,7 +6,7 @@ import torch
 import fastvits
 from helpers import small_model
 
-FAMILIES = ["fastervit_0_224"]
+FAMILIES = ["fastervit_0_224", "litv2_s"]
 
 
 @pytest.fixture(params=FAMILIES)
@@ -40,7 +40,7 @@ def test_integer_images(model):
 
 
 def test_features_only_checks_too(model):
-    feats = fastvits.create_model(FAMILIES[0], features_only=True, dim=16, in_dim=16, depths=(1, 1, 1, 1))
+    feats = small_model(FAMILIES[0], features_only=True)
     with pytest.raises(ValueError, match="input channels"):
         feats(torch.randn(1, 4, 64, 64))
 

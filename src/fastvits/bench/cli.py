@@ -1,52 +1,251 @@
-"""`fastvits bench`: parameters, GMACs and measured throughput of models on this machine."""
+"""`fastvits bench [MODE] ...`: measure models on this machine.
+
+MODE picks what is measured; `models` (throughput, latency, memory, GMACs of whole models) is the
+default, so `fastvits bench NAME ...` is `fastvits bench models NAME ...`. Further modes register
+themselves like the top-level commands do: a module listed in `MODE_MODULES` exposes
+`register(modes)` and adds its parser to `modes` (e.g. `fastvits bench attention`, issue 5).
+Options follow the mode and model names.
+
+Examples:
+    fastvits bench fastervit_0_224 fastervit_1_224
+    fastvits bench fastervit_0_224 --batch-size 1 32 --backend eager onnxruntime --compare-official
+    fastvits bench 'fastervit_*_224' --img-size 224 576x960 --out results/ --threads 2
+"""
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+from .backends import BACKENDS, ONNX_EXPORTERS, OfficialUnavailable, parse_backends
+from .report import print_results, save_results
+from .suite import BenchSettings, bench_models
 
-from ..registry import create_model, list_models
+__all__ = ["MODE_MODULES", "parse_size", "register", "run_models", "settings_from_args"]
 
-
-def count_gmacs(model: torch.nn.Module, x: torch.Tensor) -> float:
-    """Multiply-accumulates of one forward (convs, linears, attention matmuls) in billions, per image."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 2 / x.shape[0] / 1e9
-
-
-def throughput(model: torch.nn.Module, x: torch.Tensor, rounds: int, warmup: int = 1) -> float:
-    """Median images per second over `rounds` timed forwards."""
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + rounds):
-            start = time.perf_counter()
-            model(x)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return x.shape[0] / statistics.median(times)
+MODE_MODULES: tuple[str, ...] = ()
+DEFAULT_MODE = "models"
 
 
-def run(args: argparse.Namespace) -> int:
-    names = args.models or ["fastervit_0_224"]
-    print(f"{'model':<28} {'params (M)':>10} {'GMACs':>8} {'img/s':>8}   batch {args.batch_size}, {args.img_size}px, "
-          f"{torch.get_num_threads()} threads")
-    for name in names:
-        model = create_model(name).eval()
-        x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
-        params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{name:<28} {params:>10.2f} {count_gmacs(model, x[:1]):>8.2f} {throughput(model, x, args.rounds):>8.1f}")
+class _ModeAction(argparse._SubParsersAction):
+    """Sub-mode dispatch whose default mode takes over when the first word names no mode.
+
+    `bench fastervit_0_224 ...` is parsed as `bench models fastervit_0_224 ...`.
+    """
+
+    class _AnyName(dict):
+        def __contains__(self, name: object) -> bool:  # every word is acceptable: unknown ones go to the default
+            return True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.choices = self._AnyName()
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser = super().add_parser(name, **kwargs)
+        self.choices[name] = parser
+        return parser
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        if values and values[0] not in self._name_parser_map:
+            values = [DEFAULT_MODE, *values]
+        super().__call__(parser, namespace, values, option_string)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`224` -> (224, 224); `576x960` -> (576, 960) (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: write 224 or HxW such as 576x960")
+    return parts[0], parts[1]
+
+
+def _roof(text: str) -> float | None:
+    if text == "auto":
+        return None
+    if text == "off":
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roof {text!r}: auto, off or GFLOP/s") from None
+
+
+def _kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"--model-kwargs is not JSON ({e}): write e.g. '{{\"dim\": 32}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("--model-kwargs must be a JSON object")
+    return value
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "models",
+        nargs="*",
+        default=["fastervit_0_224"],
+        help="fastvits or timm model names, wildcards allowed (default fastervit_0_224)",
+    )
+    g = p.add_argument_group("what to run")
+    g.add_argument("-b", "--batch-size", type=int, nargs="+", help="batch sizes (default 1 32 on CPU, 1 256 on CUDA)")
+    g.add_argument(
+        "--img-size", type=parse_size, nargs="+", help="image sizes, 224 or HxW (default: each model's own input size)"
+    )
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32, or bf16/fp16 autocast (this CPU has no native bf16: keep CPU runs fp32)",
+    )
+    g.add_argument(
+        "--backend",
+        nargs="+",
+        default=["eager"],
+        metavar="SPEC",
+        help=f"one or more of {', '.join(BACKENDS)}, each optionally with +cl (channels_last) "
+        "and/or +reparam (fold for inference), e.g. eager compile+reparam onnxruntime; "
+        "several are timed interleaved",
+    )
+    g.add_argument("--channels-last", action="store_true", help="add +cl to every torch backend")
+    g.add_argument("--compile", action="store_true", help="torch.compile: eager becomes compile")
+    g.add_argument("--compile-mode", default=None, help="torch.compile mode (default, max-autotune, ...)")
+    g.add_argument(
+        "--onnx-exporter",
+        choices=ONNX_EXPORTERS,
+        default="auto",
+        help="fastvits: fastvits.export (dynamo, dynamic batch); torchscript: torch.onnx.export "
+        "per batch size; auto: fastvits when available",
+    )
+    g.add_argument("--reparam", action="store_true", help="add +reparam to every backend")
+    g.add_argument(
+        "--compare-official",
+        action="store_true",
+        help="also run the official FasterViT package (pip install fastervit) with the same weights, "
+        "interleaved with fastvits",
+    )
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    g.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's default)")
+    g.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON kwargs for the model constructors")
+    g.add_argument("--checkpoint", help="weights for the fastvits model (official .pth.tar or safetensors)")
+    g.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("how to measure")
+    m.add_argument("--rounds", type=int, default=5, help="quiet interleaved rounds wanted (default 5)")
+    m.add_argument(
+        "--max-rounds", type=int, help="give up waiting for quiet rounds after this many (default 2x --rounds)"
+    )
+    m.add_argument("--warmup", type=int, default=2, help="untimed calls per runner first (default 2)")
+    m.add_argument(
+        "--sample-time",
+        type=float,
+        default=0.3,
+        help="seconds per timed sample: short calls are repeated (default 0.3)",
+    )
+    m.add_argument(
+        "--max-load",
+        type=float,
+        default=0.2,
+        help="CPU cores of other processes above which a sample is noisy and left out (default 0.2)",
+    )
+    m.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
+    m.add_argument(
+        "--roof",
+        type=_roof,
+        default=None,
+        metavar="{auto,off,GFLOPS}",
+        help="GEMM roof for the roof fraction: measured (auto, default), off, or a figure",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help="folder for NAME.csv (timm columns), NAME.json and NAME_pareto.png")
+    o.add_argument("--name", default="bench", help="file name stem in --out (default bench)")
+
+
+def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    try:
+        backends = parse_backends(
+            args.backend, compile=args.compile, channels_last=args.channels_last, reparam=args.reparam
+        )
+    except ValueError as e:
+        raise SystemExit(f"fastvits bench: {e}") from None
+    if args.device == "cuda" and any(s.backend == "onnxruntime" for s in backends):
+        raise SystemExit("fastvits bench: the onnxruntime backend runs on the CPU only (--device cpu)")
+    return BenchSettings(
+        models=list(args.models),
+        batch_sizes=args.batch_size,
+        img_sizes=args.img_size,
+        precision=args.precision,
+        backends=backends,
+        compare_official=args.compare_official,
+        device=args.device,
+        threads=args.threads,
+        rounds=args.rounds,
+        max_rounds=args.max_rounds,
+        warmup=args.warmup,
+        sample_time=args.sample_time,
+        max_load=args.max_load,
+        memory=args.memory,
+        roof=args.roof,
+        model_kwargs=args.model_kwargs,
+        checkpoint=args.checkpoint,
+        compile_mode=args.compile_mode,
+        onnx_exporter=args.onnx_exporter,
+        seed=args.seed,
+    )
+
+
+def run_models(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    try:
+        results = bench_models(settings)
+    except OfficialUnavailable as e:
+        print(f"fastvits bench --compare-official: {e}", file=sys.stderr)
+        return 2
+    print_results(results)
+    if args.out:
+        for path in save_results(results, args.out, args.name):
+            print(f"wrote {path}")
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="parameters, GMACs and throughput of models on this machine")
-    p.add_argument("models", nargs="*", help=f"model names (default fastervit_0_224); any of {len(list_models())}")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--rounds", type=int, default=5)
-    p.set_defaults(func=run)
+    bench = sub.add_parser(
+        "bench",
+        help="throughput, latency, memory and GMACs of models on this machine",
+        usage="fastvits bench [MODE] [NAME ...] [options]",
+        description="Measure on this machine. `fastvits bench NAME ...` is short for `fastvits bench models NAME ...`.",
+    )
+    modes = bench.add_subparsers(
+        dest="bench_mode",
+        metavar="MODE",
+        action=_ModeAction,
+        help=f"{DEFAULT_MODE} (default)" + "".join(f", {m.rsplit('.', 1)[-1]}" for m in MODE_MODULES),
+    )
+    models = modes.add_parser(
+        DEFAULT_MODE,
+        help="throughput, batch-1 latency, peak memory, params and GMACs of whole models",
+        description=__doc__.split("\n\n", 1)[0],
+        epilog=__doc__.split("Examples:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_model_arguments(models)
+    models.set_defaults(func=run_models)
+    for name in MODE_MODULES:
+        importlib.import_module(name).register(modes)
+    # `fastvits bench` alone: the default mode with its defaults
+    bench.set_defaults(func=lambda args: run_models(models.parse_args([])))

@@ -1,10 +1,20 @@
-"""Input validation shared by every fastvits model."""
+"""What every fastvits model family shares: input validation, pretrained cfgs, variant registration."""
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
-__all__ = ["check_image_input"]
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, register_model
+
+from ..checkpoint import convert_state_dict
+
+__all__ = ["MIN_INPUT_SIZE", "base_cfg", "check_image_input", "register_variants"]
+
+# every model pads internally; below 32 pixels the last stage would be empty
+MIN_INPUT_SIZE = 32
 
 
 def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name: str) -> None:
@@ -32,3 +42,47 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name:
             f"{model_name} needs images of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}. "
             f"Resize or pad the input to at least {min_size} pixels per side."
         )
+
+
+def base_cfg(url: str, **kwargs: Any) -> dict[str, Any]:
+    """Pretrained-cfg fields shared by every fastvits model; weights load through `fastvits.load_checkpoint`."""
+    return {
+        "url": url,
+        "custom_load": True,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        "pool_size": (7, 7),
+        "fixed_input_size": False,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+def register_variants(model_cls: type[nn.Module], variants: dict[str, tuple[dict[str, Any], float, dict]]) -> None:
+    """Register one timm entrypoint per variant: `name(pretrained=False, **overrides)`.
+
+    Weights from any source timm resolves (url, `pretrained_cfg_overlay=dict(file=...)`) pass through
+    `convert_state_dict`, which converts official layouts and refuses anything but an exact fit (a new
+    classifier excepted), so timm's own non-strict fallback never hides a mismatch.
+    """
+    for name, (args, _, _) in variants.items():
+
+        def entrypoint(pretrained: bool = False, _name: str = name, _args: dict = args, **kwargs: Any) -> nn.Module:
+            return build_model_with_cfg(
+                model_cls,
+                _name,
+                pretrained,
+                pretrained_filter_fn=convert_state_dict,
+                feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+                **dict(_args, **kwargs),
+            )
+
+        entrypoint.__name__ = entrypoint.__qualname__ = name
+        entrypoint.__module__ = model_cls.__module__
+        entrypoint.__doc__ = f"{model_cls.__name__} variant `{name}`."
+        register_model(entrypoint)

@@ -16,19 +16,17 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, LayerNorm2d
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, register_model
+from timm.models import checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from ..layers import CarrierTokenInit, HATBlock, pad_nchw, window_partition, window_reverse
 
-from ._common import check_image_input
+from ._common import MIN_INPUT_SIZE, base_cfg, check_image_input, register_variants
 
 __all__ = ["FasterViT"]
 
-MIN_INPUT_SIZE = 32
 
 
 class ConvBlock(nn.Module):
@@ -372,34 +370,23 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 # ---------------------------------------------------------------------------------------------- variants
 _URL = "https://huggingface.co/ahatamiz/FasterViT/resolve/main/"
-_LICENSE = "nvidia-source-code-license-nc"
 
 
 def _cfg(file: str, **kwargs: Any) -> dict[str, Any]:
-    return {
-        "url": _URL + file,
-        "custom_load": True,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
-        "pool_size": (7, 7),
-        "fixed_input_size": False,
-        "crop_pct": 1.0,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "first_conv": "patch_embed.conv_down.0",
-        "classifier": "head",
-        "license": _LICENSE,
-        "paper_ids": "arXiv:2306.06189",
-        "paper_name": "FasterViT: Fast Vision Transformers with Hierarchical Attention",
-        "origin_url": "https://github.com/NVlabs/FasterViT",
-        **kwargs,
-    }
+    return base_cfg(
+        _URL + file,
+        **{
+            "crop_pct": 1.0,
+            "first_conv": "patch_embed.conv_down.0",
+            "license": "nvidia-source-code-license-nc",
+            "paper_ids": "arXiv:2306.06189",
+            "paper_name": "FasterViT: Fast Vision Transformers with Hierarchical Attention",
+            "origin_url": "https://github.com/NVlabs/FasterViT",
+            **kwargs,
+        },
+    )
 
 
-_HAT_STAGE3 = (False, False, True, False)
 _LS = dict(layer_scale=1e-5, do_propagation=True)
 _FV4 = dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), **_LS)
 
@@ -464,25 +451,4 @@ for _name in list(FASTERVIT_VARIANTS):
 default_cfgs = generate_default_cfgs({f"{name}.in1k": cfg for name, (_, _, cfg) in FASTERVIT_VARIANTS.items()})
 
 
-def _create_fastervit(variant: str, pretrained: bool = False, **kwargs: Any) -> FasterViT:
-    return build_model_with_cfg(
-        FasterViT,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-        **kwargs,
-    )
-
-
-def _register(name: str, args: dict[str, Any]) -> None:
-    def entrypoint(pretrained: bool = False, **kwargs: Any) -> FasterViT:
-        return _create_fastervit(name, pretrained, **dict(args, **kwargs))
-
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__doc__ = f"FasterViT variant `{name}` (official name `{name.replace('fastervit_', 'faster_vit_', 1)}`)."
-    register_model(entrypoint)
-
-
-for _name, (_args, _, _) in FASTERVIT_VARIANTS.items():
-    _register(_name, _args)
+register_variants(FasterViT, FASTERVIT_VARIANTS)

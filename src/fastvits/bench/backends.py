@@ -1,0 +1,444 @@
+"""What gets timed: a model (fastvits, the official FasterViT, or a timm peer) prepared for a backend.
+
+A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers: `+cl`
+(channels_last memory format) and `+reparam` (timm's `reparameterize_model`: modules with
+`fuse()` / `reparameterize()` / `switch_to_deploy()` fold themselves for inference; for the
+official FasterViT this is its deploy mode of cached position biases, switched on after one
+forward because the official caches are filled by a forward). Examples: `eager+cl`,
+`compile+reparam`, `onnxruntime`.
+
+The official `fastervit` package is never a dependency: `build_official` imports it lazily and
+gives the same weights to it through the reverse of fastvits' checkpoint conversion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..registry import create_model, list_models, resolve_name
+
+__all__ = [
+    "BACKENDS",
+    "BackendSpec",
+    "OfficialUnavailable",
+    "Runner",
+    "build_model",
+    "build_official",
+    "copy_weights_to_official",
+    "default_img_size",
+    "official_name",
+    "official_state_dict",
+    "parse_backends",
+    "prepare_runner",
+]
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OFFICIAL_INSTALL_HINT = (
+    "the official FasterViT package is not installed. Install it next to fastvits with `pip install fastervit` "
+    "(NVIDIA Source Code License-NC: non-commercial use only); fastvits never depends on it."
+)
+
+
+# ------------------------------------------------------------------------------------------------ specs
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How a model is run: backend plus channels_last / reparameterisation modifiers."""
+
+    backend: str = "eager"
+    channels_last: bool = False
+    reparam: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> BackendSpec:
+        backend, *mods = text.strip().lower().split("+")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
+        unknown = set(mods) - {"cl", "reparam"}
+        if unknown:
+            raise ValueError(f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl and/or +reparam")
+        if backend == "onnxruntime" and "cl" in mods:
+            raise ValueError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
+        return cls(backend, "cl" in mods, "reparam" in mods)
+
+    def __str__(self) -> str:
+        return self.backend + ("+cl" if self.channels_last else "") + ("+reparam" if self.reparam else "")
+
+
+def parse_backends(
+    specs: Sequence[str], *, compile: bool = False, channels_last: bool = False, reparam: bool = False
+) -> list[BackendSpec]:
+    """Backend specs with the command line's shorthand flags applied, duplicates removed, order kept.
+
+    `compile` turns every `eager` into `compile`; `channels_last` adds +cl to the torch backends;
+    `reparam` adds +reparam to every spec.
+    """
+    out: list[BackendSpec] = []
+    for text in specs:
+        s = BackendSpec.parse(text)
+        backend = "compile" if compile and s.backend == "eager" else s.backend
+        cl = s.channels_last or (channels_last and backend != "onnxruntime")
+        s = BackendSpec(backend, cl, s.reparam or reparam)
+        if s not in out:
+            out.append(s)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- models
+
+
+def is_fastvits_model(name: str) -> bool:
+    return resolve_name(name) in set(list_models())
+
+
+def default_img_size(name: str) -> tuple[int, int]:
+    """The (H, W) a model is evaluated at by default (its pretrained config), 224x224 if unknown."""
+    arch = resolve_name(name).split(".")[0]
+    try:
+        cfgs = timm.models.get_arch_pretrained_cfgs(arch)
+    except (KeyError, AttributeError):
+        cfgs = {}
+    for cfg in cfgs.values():
+        if cfg.input_size:
+            return int(cfg.input_size[-2]), int(cfg.input_size[-1])
+    return 224, 224
+
+
+def build_model(
+    name: str,
+    img_size: tuple[int, int] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+) -> tuple[str, nn.Module]:
+    """(impl, model in eval mode): a fastvits model, else a timm model built for `img_size`.
+
+    fastvits models run any input size, so `img_size` is ignored for them. timm models that take
+    `img_size` (ViTs, Swin) are built for it; others (CNNs) are size-agnostic anyway.
+    """
+    kwargs = dict(model_kwargs or {})
+    if is_fastvits_model(name):
+        model = create_model(name, **kwargs)
+        if checkpoint:
+            from ..checkpoint import load_checkpoint
+
+            load_checkpoint(model, checkpoint)
+        return "fastvits", model.eval()
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ValueError(
+            f"unknown model {name!r}: neither a fastvits model ({', '.join(list_models())}) nor a timm model"
+        )
+    try:
+        model = timm.create_model(name, img_size=img_size, **kwargs) if img_size else timm.create_model(name, **kwargs)
+    except TypeError:  # the architecture takes no img_size
+        model = timm.create_model(name, **kwargs)
+    if checkpoint:
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return "timm", model.eval()
+
+
+# --------------------------------------------------------------------------------------- official models
+
+
+class OfficialUnavailable(RuntimeError):
+    """The official implementation cannot run this comparison (not installed, no counterpart, shape)."""
+
+
+# Buffers the official model derives itself (coordinate tables, index, deploy-mode bias cache); fastvits
+# never stores them. Same list as the checkpoint filter in fastvits.models.fastervit.
+_DERIVED_BUFFERS = ("relative_bias", "relative_coords_table", "relative_position_index")
+
+
+def official_name(name: str) -> str | None:
+    """Official FasterViT name for a fastvits FasterViT name (`fastervit_0_224` -> `faster_vit_0_224`)."""
+    name = resolve_name(name).split(".")[0]
+    return "faster_vit_" + name[len("fastervit_") :] if name.startswith("fastervit_") else None
+
+
+def _import_official() -> Any:
+    """The official package, imported only when a comparison asks for it (optional, non-commercial)."""
+    try:
+        return importlib.import_module("fastervit")
+    except ImportError as e:
+        raise OfficialUnavailable(OFFICIAL_INSTALL_HINT) from e
+
+
+def build_official(name: str, img_size: tuple[int, int], model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    """The official FasterViT counterpart of a fastvits model, built for `img_size` (eval mode).
+
+    The official classification models have a fixed square `resolution`; the `*_any_res` ones take
+    [H, W]. Raises OfficialUnavailable with the reason otherwise.
+    """
+    oname = official_name(name)
+    if oname is None:
+        raise OfficialUnavailable(f"{name} has no official counterpart in the fastervit package (FasterViT only)")
+    fastervit = _import_official()
+    h, w = img_size
+    if oname.endswith("_any_res"):
+        resolution: int | list[int] = [h, w]
+    elif h == w:
+        resolution = h
+    else:
+        raise OfficialUnavailable(
+            f"official {oname} runs square inputs only ({h}x{w} asked); use {name}_any_res for non-square sizes"
+        )
+    try:
+        model = fastervit.create_model(oname, resolution=resolution, **(model_kwargs or {}))
+    except (RuntimeError, KeyError) as e:
+        raise OfficialUnavailable(f"the fastervit package could not build {oname}: {e}") from e
+    return model.eval()
+
+
+def official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fastvits FasterViT weights in the official key layout (the reverse of the checkpoint filter).
+
+    `.rel_pos.` becomes `.pos_emb_funct.`, and the carrier-token tokenizer's position embedding is
+    also stored under the official alias `global_tokenizer.to_global_feature.pos.`.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace(".rel_pos.", ".pos_emb_funct.")
+        out[k] = v
+        if ".global_tokenizer.pos_embed." in k:
+            out[k.replace(".global_tokenizer.pos_embed.", ".global_tokenizer.to_global_feature.pos.")] = v
+    return out
+
+
+def copy_weights_to_official(ours: nn.Module, official: nn.Module) -> None:
+    """Load fastvits weights into the official model, refusing anything but derived buffers missing."""
+    result = official.load_state_dict(official_state_dict(ours.state_dict()), strict=False)
+    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(
+            "fastvits weights do not fit the official model built for this input size: "
+            f"missing {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
+            f"unexpected {result.unexpected_keys[:8]}{' ...' if len(result.unexpected_keys) > 8 else ''}. "
+            "The official model leaves out the carrier-token layers when a stage fits in one window at its "
+            "construction size; at sizes where both have them, this means the key conversion is out of date."
+        )
+
+
+# ----------------------------------------------------------------------------------------------- runners
+
+
+@dataclass
+class Runner:
+    """A model prepared for one backend.
+
+    `call` runs one forward on an input already passed through `adapt` (device, memory format:
+    conversions that are not part of the timing). `memory_call(x)`, when set, builds (outside
+    the probe) the zero-argument callable the peak-memory probe runs instead of `call(x)`:
+    onnxruntime keeps its arena resident between runs, so its probe uses a session without one
+    (see `measure.peak_memory`).
+    """
+
+    impl: str
+    spec: BackendSpec
+    module: nn.Module
+    call: Callable[[Any], torch.Tensor]
+    adapt: Callable[[torch.Tensor], Any]
+    memory_call: Callable[[Any], Callable[[], torch.Tensor]] | None = None
+    notes: list[str] = field(default_factory=list)
+    _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.impl} {self.spec}"
+
+    def close(self) -> None:
+        for fn in self._cleanup:
+            fn()
+        self._cleanup.clear()
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+
+
+def _inference(
+    fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str
+) -> Callable[[Any], torch.Tensor]:
+    def call(x: Any) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device, precision):
+            return fn(x)
+
+    return call
+
+
+@contextlib.contextmanager
+def _quiet_export() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+ONNX_EXPORTERS = ("auto", "fastvits", "torchscript")
+
+
+def export_onnx_file(module: nn.Module, example: torch.Tensor, path: Path, exporter: str = "auto") -> tuple[str, bool]:
+    """Export `module` (fp32, CPU) for inputs shaped like `example`: (exporter used, batch axis dynamic).
+
+    exporter: `fastvits` is `fastvits.export.export_onnx` (PyTorch's dynamo exporter, dynamic
+    batch); `torchscript` is the TorchScript-tracing `torch.onnx.export` at opset 17 with static
+    shapes (the tracer turns shape arithmetic on a dynamic batch into graph values that pooling
+    kernel sizes cannot take, so each batch size gets its own file); `auto` is `fastvits` when
+    `fastvits.export` exists, else `torchscript`. Both implementations of a comparison go through
+    the same exporter.
+    """
+    if exporter not in ONNX_EXPORTERS:
+        raise ValueError(f"unknown ONNX exporter {exporter!r}; choose from {', '.join(ONNX_EXPORTERS)}")
+    export_onnx = None
+    if exporter != "torchscript":
+        try:
+            from ..export import export_onnx
+        except ImportError:
+            if exporter == "fastvits":
+                raise
+    if export_onnx is not None:
+        with _quiet_export():
+            export_onnx(module, str(path), tuple(example.shape[1:]), dynamic_batch=True)
+        return "fastvits.export.export_onnx (dynamic batch)", True
+    with torch.no_grad(), _quiet_export():
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["output"],
+        )
+    return "torch.onnx.export (TorchScript, opset 17, static shapes)", False
+
+
+def _ort_session(path: Path, threads: int, arena: bool = True) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.enable_cpu_mem_arena = arena
+    # Idle worker threads would otherwise spin after each run and steal the CPU from whatever the
+    # round-robin times next.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_call(session: Any) -> Callable[[Any], torch.Tensor]:
+    name = session.get_inputs()[0].name
+
+    def call(x: Any) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: x})[0])
+
+    return call
+
+
+def prepare_runner(
+    module: nn.Module,
+    impl: str,
+    spec: BackendSpec,
+    example: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    threads: int | None = None,
+    compile_mode: str | None = None,
+    onnx_dir: str | Path | None = None,
+    onnx_exporter: str = "auto",
+) -> Runner:
+    """Turn an eval-mode module into a Runner (the module is modified: pass a copy to keep one).
+
+    `example` is an input of the benchmark's image size: the official model fills its deploy
+    caches with it. onnxruntime runners export on their first call (warm-up) for the input's shape
+    (see `export_onnx_file` for `onnx_exporter`).
+    """
+    device = torch.device(device)
+    module = module.to(device).eval()
+    notes: list[str] = []
+    if spec.reparam:
+        if impl == "official":
+            with torch.no_grad():  # the official deploy caches are filled by a forward
+                module(example[:1].to(device))
+        from timm.utils.model import reparameterize_model
+
+        module = reparameterize_model(module, inplace=True)
+    if spec.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+
+    def adapt(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device)
+        return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x.contiguous()
+
+    if spec.backend == "eager":
+        return Runner(impl, spec, module, _inference(module, device, precision), adapt, notes=notes)
+    if spec.backend == "compile":
+        compiled = torch.compile(module, mode=compile_mode, dynamic=False)
+        return Runner(impl, spec, module, _inference(compiled, device, precision), adapt, notes=notes)
+
+    # onnxruntime (CPU, fp32)
+    if device.type != "cpu":
+        raise ValueError("the onnxruntime backend runs on the CPU only: use --device cpu")
+    if precision != "fp32":
+        raise ValueError("the onnxruntime backend runs fp32 only: use --precision fp32")
+    threads = threads or torch.get_num_threads()
+    tmp = Path(tempfile.mkdtemp(prefix="fastvits-onnx-", dir=onnx_dir))
+    exports: dict[tuple[int, ...] | None, Path] = {}
+    sessions: dict[tuple[int, ...] | None, Callable[[Any], torch.Tensor]] = {}
+
+    def onnx_file(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, Path]:
+        """The exported file for inputs of this shape (exported on first use, during warm-up)."""
+        if None in exports:
+            return None, exports[None]
+        if shape not in exports:
+            path = tmp / f"{impl}_{'x'.join(map(str, shape))}.onnx"
+            used, dynamic = export_onnx_file(module, torch.randn(shape), path, onnx_exporter)
+            if not notes:
+                notes.append(f"exported with {used}")
+            exports[None if dynamic else shape] = path
+        return (None, exports[None]) if None in exports else (shape, exports[shape])
+
+    def call(x: Any) -> torch.Tensor:
+        key, path = onnx_file(tuple(x.shape))
+        if key not in sessions:
+            sessions[key] = _ort_call(_ort_session(path, threads))
+        return sessions[key](x)
+
+    def memory_call(x: Any) -> Callable[[], torch.Tensor]:
+        run = _ort_call(_ort_session(onnx_file(tuple(x.shape))[1], threads, arena=False))
+        return lambda: run(x)
+
+    runner = Runner(
+        impl,
+        spec,
+        module,
+        call,
+        lambda x: x.detach().to("cpu", torch.float32).contiguous().numpy(),
+        memory_call=memory_call,
+        notes=notes,
+    )
+    runner._cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    runner._cleanup.append(sessions.clear)
+    return runner
+
+
+def copies(module: nn.Module, n: int) -> list[nn.Module]:
+    """`module` itself and n - 1 deep copies (made before anything runs, so no run-time state is copied)."""
+    return [module] + [copy.deepcopy(module) for _ in range(n - 1)]

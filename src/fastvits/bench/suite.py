@@ -1,0 +1,387 @@
+"""Benchmark runs: groups of runners timed round-robin on one input, and the loop over models, sizes, batches.
+
+`measure_group` is the unit every benchmark uses: it warms each runner up, checks its output
+against the group's first runner, times them all interleaved (see `measure.interleave`), probes
+peak memory and returns one result row per runner. `bench_models` is what `fastvits bench models`
+runs: for each model and image size it builds fastvits' model (and the official one with the same
+weights when asked), prepares one runner per backend spec and measures every batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from ..registry import list_models
+from .backends import (
+    BackendSpec,
+    OfficialUnavailable,
+    Runner,
+    build_model,
+    build_official,
+    copy_weights_to_official,
+    default_img_size,
+    prepare_runner,
+)
+from .measure import count_gmacs, gemm_roof, interleave, machine_info, paired_ratio, peak_memory
+from .report import official_top1
+
+__all__ = ["BenchResults", "BenchSettings", "bench_models", "expand_models", "measure_group", "measure_roof"]
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BenchSettings:
+    """Everything a `bench_models` run depends on (the command line's options)."""
+
+    models: list[str] = field(default_factory=lambda: ["fastervit_0_224"])
+    batch_sizes: list[int] | None = None  # None: 1 and 32 on CPU, 1 and 256 on CUDA
+    img_sizes: list[tuple[int, int]] | None = None  # None: each model's default input size
+    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    backends: list[BackendSpec] = field(default_factory=lambda: [BackendSpec()])
+    compare_official: bool = False
+    device: str = "cpu"
+    threads: int | None = None  # None: torch's default
+    rounds: int = 5  # quiet rounds wanted
+    max_rounds: int | None = None  # None: 2 x rounds
+    warmup: int = 2  # calls per runner before timing
+    sample_time: float = 0.3  # seconds per timed sample (several calls when one is shorter)
+    max_load: float = 0.2  # cores of other work above which a sample is noisy
+    memory: bool = True  # probe the peak memory of one batch per runner
+    roof: float | None = None  # GEMM roof GFLOP/s; None: measure; 0: skip
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    compile_mode: str | None = None
+    onnx_exporter: str = "auto"  # auto, fastvits (fastvits.export, dynamic batch) or torchscript (static)
+    seed: int = 0
+
+    def resolved_batch_sizes(self) -> list[int]:
+        return self.batch_sizes or ([1, 256] if self.device == "cuda" else [1, 32])
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["backends"] = [str(s) for s in self.backends]
+        d["batch_sizes"] = self.resolved_batch_sizes()
+        return d
+
+
+@dataclass
+class BenchResults:
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def expand_models(patterns: Sequence[str]) -> list[str]:
+    """Model names with wildcards expanded (fastvits models first, else timm's), order kept."""
+    names: list[str] = []
+    for p in patterns:
+        if any(c in p for c in "*?["):
+            found = list_models(p) or timm.list_models(p)
+            if not found:
+                raise ValueError(f"no fastvits or timm model matches {p!r}; see fastvits.list_models()")
+        else:
+            found = [p]
+        names += [n for n in found if n not in names]
+    return names
+
+
+def measure_roof(settings: BenchSettings, log: Log = _stderr) -> float | None:
+    """The GEMM roof in GFLOP/s: settings.roof if given (0: none), else measured now."""
+    if settings.roof is not None:
+        return settings.roof or None
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
+    gflops, timing = gemm_roof(settings.device, dtype, rounds=3, max_load=settings.max_load)
+    log(
+        f"GEMM roof: {gflops:.1f} GFLOP/s ({settings.precision} torch.mm, {torch.get_num_threads()} threads"
+        f"{', noisy' if timing.noisy else ''})"
+    )
+    return gflops
+
+
+def size_text(size: tuple[int, int]) -> str | int:
+    """timm writes a square size as one integer; non-square as HxW."""
+    return size[0] if size[0] == size[1] else f"{size[0]}x{size[1]}"
+
+
+# --------------------------------------------------------------------------------------------- one group
+
+
+@dataclass
+class Entry:
+    """A runner with what its rows report besides timings."""
+
+    model: str
+    runner: Runner
+    gmacs: float | None = None
+    params: int | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.model} | {self.runner.name}"
+
+
+def _speed_baseline(entries: Sequence[Entry], i: int) -> int | None:
+    """Whom row i's speedup is against: the official runner with the same spec, else the model's first runner."""
+    e = entries[i]
+    if e.runner.impl == "official":
+        return None
+    for j, o in enumerate(entries):
+        if o.model == e.model and o.runner.impl == "official" and o.runner.spec == e.runner.spec:
+            return j
+    first = next(j for j, o in enumerate(entries) if o.model == e.model)
+    return first if first != i else None
+
+
+def measure_group(
+    entries: Sequence[Entry],
+    x: torch.Tensor,
+    settings: BenchSettings,
+    roof_gflops: float | None = None,
+    roof_gmacs: float | None = None,
+    log: Log = _stderr,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Time the entries interleaved on input x; returns (rows, comparisons).
+
+    roof_gmacs: the work per image that the roof fraction credits (default: each row's own GMACs).
+    The same figure for every implementation of a model makes fractions comparable.
+    """
+    device = torch.device(settings.device)
+    inputs = [e.runner.adapt(x) for e in entries]
+    outputs, calls = [], {}
+    for e, xa in zip(entries, inputs):
+        t0 = time.perf_counter()
+        log(f"  warm-up {e.key}" + (" (compiling)" if e.runner.spec.backend == "compile" else ""))
+        out, last = None, 0.0
+        # a compiled runner's first call compiles: time at least one call after it for the calibration
+        for _ in range(max(2 if e.runner.spec.backend == "compile" else 1, settings.warmup)):
+            t = time.perf_counter()
+            out = e.runner.call(xa)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            last = time.perf_counter() - t
+        outputs.append(out.detach().float().cpu())
+        calls[e.key] = max(1, math.ceil(settings.sample_time / max(last, 1e-6)))
+        if time.perf_counter() - t0 > 10:
+            log(f"    warm-up took {time.perf_counter() - t0:.0f} s")
+
+    tty = sys.stderr.isatty()
+
+    def progress(r: int, quiet: int, wanted: int) -> None:
+        if tty and log is _stderr:
+            print(f"\r  round {r}: {quiet}/{wanted} quiet", end="", file=sys.stderr, flush=True)
+
+    fns = {e.key: (lambda r=e.runner, xa=xa: r.call(xa)) for e, xa in zip(entries, inputs)}
+    timings = interleave(
+        fns,
+        rounds=settings.rounds,
+        max_rounds=settings.max_rounds,
+        target_s=settings.sample_time,
+        max_load=settings.max_load,
+        device=device,
+        calls=calls,
+        progress=progress,
+    )
+    if tty and log is _stderr:
+        print(file=sys.stderr)
+    first = next(iter(timings.values()))
+    kept = "/".join(str(len(t.kept)) for t in timings.values())
+    noisy = any(t.noisy for t in timings.values())
+    log(f"  {len(first.samples)} rounds, kept {kept}" + (" (none quiet: all kept)" if noisy else ""))
+    mem: list[int | None] = [None] * len(entries)
+    if settings.memory:
+        for i, (e, xa) in enumerate(zip(entries, inputs)):
+            fn = e.runner.memory_call(xa) if e.runner.memory_call else (lambda r=e.runner, xa=xa: r.call(xa))
+            mem[i] = peak_memory(fn, device)
+            del fn
+
+    rows = []
+    bs = x.shape[0]
+    for i, e in enumerate(entries):
+        t = timings[e.key]
+        base = _speed_baseline(entries, i)
+        diff = (outputs[i] - outputs[0]).abs().max().item() if i else None
+        work = roof_gmacs if roof_gmacs is not None else e.gmacs
+        ips = bs / t.step_s
+        rows.append(
+            {
+                "model": e.model,
+                "infer_samples_per_sec": ips,
+                "infer_step_time": t.step_s * 1e3,
+                "infer_batch_size": bs,
+                "infer_img_size": size_text((x.shape[2], x.shape[3])),
+                "param_count": e.params / 1e6 if e.params is not None else None,
+                "infer_gmacs": e.gmacs,
+                "impl": e.runner.impl,
+                "backend": str(e.runner.spec),
+                "precision": settings.precision,
+                "device": device.type,
+                "threads": torch.get_num_threads(),
+                "infer_mem_mb": mem[i] / 2**20 if mem[i] is not None else None,
+                "roof_frac": ips * 2 * work / roof_gflops if roof_gflops and work else None,
+                "speedup": paired_ratio(timings[entries[base].key], t) if base is not None else None,
+                "speedup_vs": entries[base].runner.name if base is not None else None,
+                "max_abs_diff": diff,
+                "diff_vs": entries[0].runner.name if i else None,
+                "top1": official_top1(e.model),
+                "rounds_kept": len(t.kept),
+                "rounds_run": len(t.samples),
+                "noisy": t.noisy,
+                "other_load": t.other_load,
+                "step_time_min": t.spread[0] * 1e3,
+                "step_time_max": t.spread[1] * 1e3,
+                "samples": [[s.step_s, s.calls, s.other_load] for s in t.samples],
+                "notes": e.runner.notes,
+            }
+        )
+    return rows, _best_vs_best(entries, timings, rows)
+
+
+def _best_vs_best(entries: Sequence[Entry], timings: dict, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model with both implementations: fastvits' fastest runner against the official fastest."""
+    out = []
+    for model in dict.fromkeys(e.model for e in entries):
+        idx = {
+            impl: [i for i, e in enumerate(entries) if e.model == model and e.runner.impl == impl]
+            for impl in ("fastvits", "official")
+        }
+        if not idx["fastvits"] or not idx["official"]:
+            continue
+        ours = min(idx["fastvits"], key=lambda i: timings[entries[i].key].step_s)
+        theirs = min(idx["official"], key=lambda i: timings[entries[i].key].step_s)
+        eager = [
+            (i, j)
+            for i in idx["fastvits"]
+            for j in idx["official"]
+            if entries[i].runner.spec == entries[j].runner.spec == BackendSpec()
+        ]
+        out.append(
+            {
+                "model": model,
+                "infer_batch_size": rows[ours]["infer_batch_size"],
+                "infer_img_size": rows[ours]["infer_img_size"],
+                "best_fastvits": entries[ours].runner.name,
+                "best_official": entries[theirs].runner.name,
+                "best_speedup": paired_ratio(timings[entries[theirs].key], timings[entries[ours].key]),
+                "best_fastvits_roof_frac": rows[ours]["roof_frac"],
+                "best_official_roof_frac": rows[theirs]["roof_frac"],
+                "eager_speedup": rows[eager[0][0]]["speedup"] if eager else None,
+                "eager_fastvits_roof_frac": rows[eager[0][0]]["roof_frac"] if eager else None,
+                "eager_official_roof_frac": rows[eager[0][1]]["roof_frac"] if eager else None,
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------- model loop
+
+
+def gmacs_and_params(model: nn.Module, size: tuple[int, int], device: torch.device) -> tuple[float, int]:
+    x = torch.randn(1, 3, *size, device=device)
+    model.to(device)
+    with torch.no_grad():
+        model(x)  # fills input-size caches, so the count is what a timed call does
+        gmacs = count_gmacs(lambda: model(x), 1)
+    return gmacs, sum(p.numel() for p in model.parameters())
+
+
+def _build_entries(
+    name: str,
+    size: tuple[int, int],
+    ours: tuple[str, nn.Module],
+    settings: BenchSettings,
+    keep_original: bool,
+    notes: list[str],
+    log: Log,
+) -> tuple[list[Entry], float | None]:
+    """Runners for every backend spec of the model (and of the official model); (entries, fastvits GMACs)."""
+    device = torch.device(settings.device)
+    impl, model = ours
+    bases = [(impl, model)]
+    if settings.compare_official and impl == "fastvits":
+        try:
+            official = build_official(name, size, settings.model_kwargs)
+            copy_weights_to_official(model, official)
+            bases.append(("official", official))
+        except OfficialUnavailable as e:
+            if "not installed" in str(e):
+                raise
+            notes.append(f"{name} {size_text(size)}: no official comparison: {e}")
+            log(f"  note: {notes[-1]}")
+    example = torch.randn(1, 3, *size)
+    entries, ours_gmacs = [], None
+    for b_impl, base in bases:
+        gmacs, params = gmacs_and_params(base, size, device)
+        if b_impl == impl:
+            ours_gmacs = gmacs
+        n = len(settings.backends)
+        keep = keep_original or b_impl != impl
+        modules = ([base] if keep else [copy.deepcopy(base)]) + [copy.deepcopy(base) for _ in range(n - 1)]
+        for spec, module in zip(settings.backends, modules):
+            runner = prepare_runner(
+                module,
+                b_impl,
+                spec,
+                example,
+                device=device,
+                precision=settings.precision,
+                threads=settings.threads,
+                compile_mode=settings.compile_mode,
+                onnx_exporter=settings.onnx_exporter,
+            )
+            entries.append(Entry(name, runner, gmacs, params))
+    return entries, ours_gmacs
+
+
+def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
+    """The `fastvits bench models` run; see the module docstring."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    device = torch.device(settings.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked but torch sees no CUDA device")
+    names = expand_models(settings.models)
+    results = BenchResults(machine_info(device), settings.to_dict())
+    results.machine["roof_gflops"] = roof = measure_roof(settings, log)
+    batch_sizes = settings.resolved_batch_sizes()
+    gen = torch.Generator().manual_seed(settings.seed)
+    for name in names:
+        sizes = settings.img_sizes or [default_img_size(name)]
+        ours = None
+        for k, size in enumerate(sizes):
+            if ours is None or ours[0] != "fastvits":  # fastvits models run every size; timm's are built per size
+                torch.manual_seed(settings.seed)
+                ours = build_model(name, size, settings.model_kwargs, settings.checkpoint)
+            entries, ours_gmacs = _build_entries(
+                name, size, ours, settings, keep_original=k == len(sizes) - 1, notes=results.notes, log=log
+            )
+            try:
+                for bs in batch_sizes:
+                    log(f"{name} {size_text(size)} batch {bs}: {', '.join(e.runner.name for e in entries)}")
+                    x = torch.randn(bs, 3, *size, generator=gen)
+                    rows, comps = measure_group(entries, x, settings, roof, ours_gmacs, log)
+                    results.rows += rows
+                    results.comparisons += comps
+            finally:
+                for e in entries:
+                    e.runner.close()
+    return results

@@ -1,0 +1,231 @@
+"""`fastvits bench`: command line, files written, measurement bookkeeping, backends' outputs.
+
+Tiny models, one round, no timing is ever asserted: only what was measured, how it was
+bookkept and that every backend returns the plain eager output.
+"""
+
+import csv
+import json
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from fastvits.bench import measure
+from fastvits.bench.backends import BackendSpec, copy_weights_to_official, official_state_dict, parse_backends
+from fastvits.bench.cli import parse_size
+from fastvits.bench.report import CSV_COLUMNS, official_top1, pareto_front
+from fastvits.bench.suite import expand_models
+from fastvits.cli import build_parser, main
+
+TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
+FAST = ["--rounds", "1", "--max-rounds", "1", "--warmup", "1", "--sample-time", "0", "--roof", "50", "--threads", "1"]
+
+
+def _bench(tmp_path, *extra: str) -> tuple[list[dict], dict]:
+    argv = ["bench", "fastervit_0_224", "--model-kwargs", TINY, "-b", "1", "--out", str(tmp_path), *FAST, *extra]
+    assert main(argv) == 0
+    with open(tmp_path / "bench.csv") as f:
+        rows = list(csv.DictReader(f))
+    return rows, json.loads((tmp_path / "bench.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------ command line
+@pytest.mark.parametrize(
+    "argv, models",
+    [
+        (["bench", "fastervit_0_224"], ["fastervit_0_224"]),
+        (["bench", "models", "fastervit_0_224", "fastervit_1_224"], ["fastervit_0_224", "fastervit_1_224"]),
+        (["bench", "fastervit_0_224", "-b", "1", "4"], ["fastervit_0_224"]),
+    ],
+)
+def test_bench_without_mode_means_models(argv, models):
+    args = build_parser().parse_args(argv)
+    assert args.func.__name__ == "run_models"
+    assert args.models == models
+
+
+def test_bench_alone_runs_the_default_mode():
+    assert callable(build_parser().parse_args(["bench"]).func)
+
+
+def test_sizes_and_backend_specs():
+    assert parse_size("224") == (224, 224)
+    assert parse_size("576x960") == (576, 960)
+    assert str(BackendSpec.parse("compile+reparam+cl")) == "compile+cl+reparam"
+    with pytest.raises(ValueError, match="unknown backend"):
+        BackendSpec.parse("tensorrt")
+    with pytest.raises(ValueError, match="cl"):
+        BackendSpec.parse("onnxruntime+cl")
+    specs = parse_backends(["eager", "onnxruntime"], compile=True, channels_last=True)
+    assert [str(s) for s in specs] == ["compile+cl", "onnxruntime"]
+
+
+def test_wildcards_expand_to_fastvits_models():
+    assert "fastervit_0_224" in expand_models(["fastervit_0_*"])
+    with pytest.raises(ValueError, match="no fastvits or timm model"):
+        expand_models(["no_such_model_*"])
+
+
+def test_top1_lookup():
+    assert official_top1("fastervit_0_224") == 82.1
+    assert official_top1("faster_vit_1_224") == 83.2
+    assert official_top1("swin_tiny_patch4_window7_224") == 81.4
+    assert official_top1("resnet18") is None
+
+
+# ------------------------------------------------------------------------------------------ bookkeeping
+class _Monitor:
+    """Reports the given other-load for each successive sample."""
+
+    available = True
+
+    def __init__(self, loads):
+        self.loads = list(loads)
+
+    def snapshot(self):
+        return (0.0, 0, 0.0)
+
+    def other_load(self, start, end):
+        return self.loads.pop(0) if self.loads else 0.0
+
+
+def test_interleave_rotates_and_keeps_quiet_rounds():
+    order = []
+    fns = {n: (lambda n=n: order.append(n)) for n in "abc"}
+    # round 1 quiet, round 2 noisy for b, round 3 quiet: 2 quiet rounds wanted -> 3 rounds run
+    monitor = _Monitor([0, 0, 0, 0, 0.9, 0, 0, 0, 0])
+    t = measure.interleave(fns, rounds=2, calls={n: 1 for n in fns}, monitor=monitor)
+    assert order == list("abcbcacab")
+    assert t["a"].kept == t["b"].kept == [0, 2] and not t["a"].noisy
+
+
+def test_interleave_falls_back_to_all_rounds_when_none_is_quiet():
+    fns = {"a": lambda: None, "b": lambda: None}
+    t = measure.interleave(fns, rounds=1, max_rounds=2, calls={"a": 1, "b": 1}, monitor=_Monitor([1.0] * 4))
+    assert len(t["a"].samples) == 2 and t["a"].kept == [0, 1] and t["a"].noisy
+
+
+def test_ratio_is_median_of_per_round_pairs():
+    def timing(steps):
+        return measure.Timing([measure.Sample(s, 1, 0.0) for s in steps], list(range(len(steps))), False)
+
+    # the per-round ratios are 2, 2 and 10 (a slow outlier round hits both): median 2
+    assert measure.paired_ratio(timing([2.0, 4.0, 50.0]), timing([1.0, 2.0, 5.0])) == pytest.approx(2.0)
+
+
+def test_pareto_front():
+    pts = [(10, 82), (20, 79), (5, 83), (8, 79), (20, 81)]  # (8, 79) and (20, 79) are dominated
+    assert pareto_front(pts) == [2, 0, 4]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS from /proc")
+def test_peak_memory_sees_a_large_temporary():
+    def fn():
+        torch.ones(64 * 2**20 // 4).sum()  # 64 MB, written then freed
+
+    peak = measure.peak_memory(fn)
+    assert peak is not None and peak >= 48 * 2**20
+
+
+# ---------------------------------------------------------------------------------------- official weights
+def test_official_state_dict_renames_and_aliases():
+    sd = {
+        "levels.2.blocks.0.attn.rel_pos.cpb_mlp.0.weight": torch.zeros(1),
+        "levels.2.global_tokenizer.pos_embed.weight": torch.ones(1),
+    }
+    out = official_state_dict(sd)
+    assert set(out) == {
+        "levels.2.blocks.0.attn.pos_emb_funct.cpb_mlp.0.weight",
+        "levels.2.global_tokenizer.pos_embed.weight",
+        "levels.2.global_tokenizer.to_global_feature.pos.weight",
+    }
+
+
+def test_weight_copy_allows_only_derived_buffers_missing():
+    class Official(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+            self.register_buffer("relative_bias", torch.zeros(1))
+
+    ours = nn.Module()
+    ours.fc = nn.Linear(2, 2)
+    official = Official()
+    copy_weights_to_official(ours, official)
+    assert torch.equal(official.fc.weight, ours.fc.weight)
+    ours.extra = nn.Linear(1, 1)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        copy_weights_to_official(ours, official)
+
+
+def test_compare_official_explains_how_to_install(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "fastervit", None)  # import fastervit -> ImportError
+    argv = [
+        "bench",
+        "fastervit_0_224",
+        "--model-kwargs",
+        TINY,
+        "-b",
+        "1",
+        "--img-size",
+        "64",
+        "--compare-official",
+        *FAST,
+    ]
+    assert main(argv) == 2
+    assert "pip install fastervit" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- end to end
+def test_bench_writes_csv_json_png_and_fast_paths_match(tmp_path):
+    rows, report = _bench(tmp_path, "--img-size", "64", "96x64", "--backend", "eager", "eager+reparam", "eager+cl")
+    with open(tmp_path / "bench.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:7] == [
+        "model",
+        "infer_samples_per_sec",
+        "infer_step_time",
+        "infer_batch_size",
+        "infer_img_size",
+        "param_count",
+        "infer_gmacs",
+    ]
+    assert header == list(CSV_COLUMNS)
+    assert [r["infer_img_size"] for r in rows] == ["64"] * 3 + ["96x64"] * 3
+    assert [r["backend"] for r in rows[:3]] == ["eager", "eager+reparam", "eager+cl"]
+    for r in rows:
+        assert float(r["infer_samples_per_sec"]) > 0 and float(r["infer_gmacs"]) > 0
+        assert r["top1"] == "82.1" and r["rounds_run"] == "1"
+    for r in rows[1:3] + rows[4:]:  # every fast path gives the plain path's output
+        assert float(r["max_abs_diff"]) < 1e-4, r
+    assert report["settings"]["backends"] == ["eager", "eager+reparam", "eager+cl"]
+    assert report["rows"][0]["samples"] and report["machine"]["roof_gflops"] == 50
+    assert (tmp_path / "bench_pareto.png").stat().st_size > 0
+
+
+def test_onnxruntime_backend_matches_eager(tmp_path):
+    pytest.importorskip("onnxruntime")
+    # 224 px: the HAT stage has a 2x2 window grid, so carrier tokens are exported too
+    rows, _ = _bench(
+        tmp_path,
+        "--img-size",
+        "224",
+        "--backend",
+        "eager",
+        "onnxruntime",
+        "--onnx-exporter",
+        "torchscript",
+        "--no-memory",
+    )
+    assert rows[1]["backend"] == "onnxruntime"
+    assert float(rows[1]["max_abs_diff"]) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("FASTVITS_SLOW"), reason="inductor compile takes minutes here: FASTVITS_SLOW=1")
+def test_compile_backend_matches_eager(tmp_path):
+    rows, _ = _bench(tmp_path, "--img-size", "64", "--backend", "eager", "compile", "--no-memory")
+    assert float(rows[1]["max_abs_diff"]) < 1e-4
