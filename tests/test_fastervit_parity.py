@@ -5,7 +5,7 @@ import torch
 
 import fastvits
 from fastvits.models import FasterViT
-from helpers import fixture_checkpoint, load_fixture
+from helpers import assert_same_rounding, fixture_checkpoint, load_fixture
 from reference_hat import hat_stage
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -61,13 +61,13 @@ def test_fixture_parity(name, tmp_path, attn_path):
 
 
 @pytest.mark.parametrize("name", ["tiny_nols", "tiny_anyres_sqgrid"])
-def test_fixture_bit_exact(name, tmp_path):
-    """With the plain attention path the op order is the official one: outputs are identical."""
+def test_fixture_same_rounding(name, tmp_path):
+    """With the plain attention path the op order is the official one: equal up to BLAS kernel rounding."""
     meta, t = load_fixture("fastervit", name)
     model = fastvits.load_checkpoint(build(meta), fixture_checkpoint(t, tmp_path / "official.safetensors"))
     with fastvits.layers.fused_attn(False):
         logits, _ = run_with_features(model, t["inputs.x"])
-    assert torch.equal(logits, t["outputs.logits"])
+    assert_same_rounding(logits, t["outputs.logits"])
 
 
 def test_non_square_grid_fixture(tmp_path):

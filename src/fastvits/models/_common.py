@@ -1,4 +1,4 @@
-"""What every fastvits model family shares: input validation, pretrained cfgs, variant registration."""
+"""What every fastvits model family shares: input validation, the timm protocol, pretrained cfgs, registration."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
 
-from ..checkpoint import convert_state_dict
+from ..checkpoint import convert_state_dict, load_checkpoint
 
-__all__ = ["MIN_INPUT_SIZE", "base_cfg", "check_image_input", "register_variants"]
+__all__ = ["MIN_INPUT_SIZE", "StagedModel", "base_cfg", "check_image_input", "register_variants"]
 
 # every model pads internally; below 32 pixels the last stage would be empty
 MIN_INPUT_SIZE = 32
@@ -86,3 +87,100 @@ def register_variants(model_cls: type[nn.Module], variants: dict[str, tuple[dict
         entrypoint.__module__ = model_cls.__module__
         entrypoint.__doc__ = f"{model_cls.__name__} variant `{name}`."
         register_model(entrypoint)
+
+
+class StagedModel(nn.Module):
+    """The timm model protocol shared by the four-stage families.
+
+    Subclasses provide `patch_embed`, a ModuleList of stages under the attribute named by `stage_attr`
+    (`levels` or `layers`, as in the official checkpoints) whose forward(x, downsample=True) returns
+    (output before the downsampler, output after it), `head`, `num_features`, `in_chans`, `final_norm`
+    and `forward_head`.
+    """
+
+    stage_attr = "stages"
+
+    @property
+    def stages(self) -> nn.ModuleList:
+        return getattr(self, self.stage_attr)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> None:
+        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def load_pretrained(self, path: str) -> None:
+        """timm's `custom_load` hook: official or fastvits weights through `fastvits.load_checkpoint`."""
+        load_checkpoint(self, path)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs before each downsampler (strides 4, 8, 16, 32), plus the final features.
+
+        `norm=True` applies the final norm to the last stage's intermediate.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"{type(self).__name__} intermediates are NCHW only")
+        self.check_input(x)
+        stages = self.stages
+        take, max_index = feature_take_indices(len(stages), indices)
+        run = stages[: max_index + 1] if stop_early and not torch.jit.is_scripting() else stages
+        full = len(run) == len(stages)
+        intermediates = []
+        x = self.patch_embed(x)
+        for i, stage in enumerate(run):
+            feat, x = stage(x, downsample=full or i < len(run) - 1)
+            if i in take:
+                intermediates.append(self.final_norm(feat) if norm and i == len(stages) - 1 else feat)
+        if intermediates_only:
+            return intermediates
+        return (self.final_norm(x) if full else x), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        setattr(self, self.stage_attr, self.stages[: max_index + 1])
+        self.stages[-1].downsample = None  # its output would never be used
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_input(x)
+        x = self.patch_embed(x)
+        for stage in self.stages:
+            x = stage(x)[1]
+        return self.final_norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))

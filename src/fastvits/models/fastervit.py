@@ -18,12 +18,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
-from ..checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
+from ..checkpoint import CheckpointError, register_checkpoint_filter
 from ..layers import CarrierTokenInit, HATBlock, pad_nchw, window_partition, window_reverse
 
-from ._common import MIN_INPUT_SIZE, base_cfg, check_image_input, register_variants
+from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]
 
@@ -88,11 +87,11 @@ class ConvStage(nn.Module):
         self.downsample = Downsample(dim) if downsample else None
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (stage output before the downsample, after it)."""
         for blk in self.blocks:
             x = checkpoint(blk, x) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
-        return x, (x if self.downsample is None else self.downsample(x))
+        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 
 class HATStage(nn.Module):
@@ -134,7 +133,7 @@ class HATStage(nn.Module):
         self.global_tokenizer = CarrierTokenInit(dim, ct_size) if hat else None
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W) -> (stage output before the downsample, after it)."""
         B, C, H, W = x.shape
         w = self.window_size
@@ -153,10 +152,10 @@ class HATStage(nn.Module):
         x = window_reverse(x, (w, w), (Hp, Wp)).permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
         if (Hp, Wp) != (H, W):
             x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
-        return x, (x if self.downsample is None else self.downsample(x))
+        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 
-class FasterViT(nn.Module):
+class FasterViT(StagedModel):
     """FasterViT classifier and multi-scale backbone.
 
     Args:
@@ -247,6 +246,8 @@ class FasterViT(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
+    stage_attr = "levels"
+
     # ----------------------------------------------------------------------------------- timm protocol
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -259,72 +260,8 @@ class FasterViT(nn.Module):
             blocks=r"^levels\.(\d+)" if coarse else [(r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^levels\.(\d+)", (0,))],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for level in self.levels:
-            level.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     # ----------------------------------------------------------------------------------------- forward
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs before each downsample (strides 4, 8, 16, 32), plus the final features.
-
-        `norm=True` applies the final BatchNorm to the last stage's intermediate.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError("FasterViT intermediates are NCHW only")
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        take, max_index = feature_take_indices(len(self.levels), indices)
-        levels = self.levels[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.levels
-        intermediates = []
-        x = self.patch_embed(x)
-        last = len(self.levels) - 1
-        for i, level in enumerate(levels):
-            feat, x = level(x)
-            if i in take:
-                intermediates.append(self.norm(feat) if norm and i == last else feat)
-        if intermediates_only:
-            return intermediates
-        if len(levels) == len(self.levels):
-            x = self.norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.levels), indices)
-        self.levels = self.levels[: max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        x = self.patch_embed(x)
-        for level in self.levels:
-            x = level(x)[1]
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -332,14 +269,6 @@ class FasterViT(nn.Module):
             x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    @torch.jit.ignore
-    def load_pretrained(self, path: str) -> None:
-        """timm's `custom_load` hook: official or fastvits weights through `fastvits.load_checkpoint`."""
-        load_checkpoint(self, path)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

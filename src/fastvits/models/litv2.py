@@ -26,13 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models import checkpoint, generate_default_cfgs
-from timm.models._features import feature_take_indices
 from torch.utils import flop_counter
 from torchvision.ops import deform_conv2d
 
-from ..checkpoint import load_checkpoint, register_checkpoint_filter
+from ..checkpoint import register_checkpoint_filter
 from ..layers import HiLo, pad_nchw
-from ._common import MIN_INPUT_SIZE, base_cfg, check_image_input, register_variants
+from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["LITV2_VARIANTS", "ConvFFN", "DeformConv2dPack", "DeformableTokenMerging", "LITv2"]
 
@@ -220,7 +219,7 @@ class LITStage(nn.Module):
         return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 
-class LITv2(nn.Module):
+class LITv2(StagedModel):
     """LITv2 classifier and multi-scale backbone (any input size >= 32).
 
     Args:
@@ -309,6 +308,8 @@ class LITv2(nn.Module):
             nn.init.normal_(m.dwconv.weight, 0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(m.dwconv.bias)
 
+    stage_attr = "layers"
+
     # ----------------------------------------------------------------------------------- timm protocol
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -327,96 +328,17 @@ class LITv2(nn.Module):
             ],
         )
 
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        for layer in self.layers:
-            layer.grad_checkpointing = enable
-
-    @torch.jit.ignore
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
     # ----------------------------------------------------------------------------------------- forward
-    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """LayerNorm over channels of a (B, C, H, W) map; returns a (B, C, H, W) view of the normed tokens."""
         _, _, H, W = x.shape
         return _map(self.norm(_tokens(x)), H, W)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs before each token merging (strides 4, 8, 16, 32), plus the final features.
-
-        These are the maps the official dense-prediction backbones return, before their per-output
-        LayerNorms (which belong to the detection/segmentation heads, see docs/litv2.md). `norm=True`
-        applies the final LayerNorm to the last stage's intermediate.
-        """
-        if output_fmt != "NCHW":
-            raise ValueError("LITv2 intermediates are NCHW only")
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        layers = self.layers[: max_index + 1] if stop_early and not torch.jit.is_scripting() else self.layers
-        intermediates = []
-        x = self.patch_embed(x)
-        last = len(self.layers) - 1
-        for i, layer in enumerate(layers):
-            feat, x = layer(x, downsample=i < len(layers) - 1 or len(layers) == len(self.layers))
-            if i in take:
-                intermediates.append(self._final_norm(feat) if norm and i == last else feat)
-        if intermediates_only:
-            return intermediates
-        if len(layers) == len(self.layers):
-            x = self._final_norm(x)
-        return x, intermediates
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        take, max_index = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: max_index + 1]
-        self.layers[-1].downsample = None  # its output would never be used
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_chans, H, W) -> normalised final map (B, num_features, ~H/32, ~W/32)."""
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
-        x = self.patch_embed(x)
-        for layer in self.layers:
-            x = layer(x)[1]
-        return self._final_norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             x = F.adaptive_avg_pool1d(x.flatten(2), 1).flatten(1)  # token mean, (B, C)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    @torch.jit.ignore
-    def load_pretrained(self, path: str) -> None:
-        """timm's `custom_load` hook: official or fastvits weights through `fastvits.load_checkpoint`."""
-        load_checkpoint(self, path)
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
