@@ -8,7 +8,6 @@ grid, square or not.
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 def _log_coords(delta: torch.Tensor, extent: int) -> torch.Tensor:

@@ -1,14 +1,13 @@
 """Official-checkpoint loading: containers, key conversion, strictness and clear errors."""
 
 import argparse
-from pathlib import Path
 
 import pytest
 import timm
 import torch
+from helpers import FIXTURES, small_model
 
 import fastvits
-from helpers import FIXTURES, small_model
 
 OFFICIAL_KEYS = FIXTURES / "fastervit_0_224_keys.txt"
 

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from helpers import small_model
 
 import fastvits
-from helpers import small_model
 
 FAMILIES = ["fastervit_0_224", "litv2_s"]
 

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from helpers import small_model
 
 import fastvits
-from helpers import small_model
 
 
 def count_mlp_calls(model: torch.nn.Module) -> list[int]:

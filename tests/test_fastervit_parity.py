@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from helpers import assert_same_rounding, fixture_checkpoint, load_fixture
+from reference_hat import hat_stage
 
 import fastvits
 from fastvits.models import FasterViT
-from helpers import assert_same_rounding, fixture_checkpoint, load_fixture
-from reference_hat import hat_stage
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
@@ -57,7 +57,7 @@ def test_fixture_parity(name, tmp_path, attn_path):
     expected = [k for k in t if k.startswith("features.")]
     assert len(expected) >= 12
     for key in expected:
-        torch.testing.assert_close(feats[key], t[key], **TOL, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(feats[key], t[key], **TOL, msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("name", ["tiny_nols", "tiny_anyres_sqgrid"])

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_same_rounding, load_fixture
 
 from fastvits.layers import Attention, HiLo, fused_attn, hilo_head_split
-from helpers import assert_same_rounding, load_fixture
 
 HILO_FIXTURES = [
     "hilo_d64h8_a0.5_ws2_8x8",  # divisible square map (classification and dense variants agree)

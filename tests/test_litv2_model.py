@@ -6,12 +6,12 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from helpers import FIXTURES
 from torch.utils.flop_counter import FlopCounterMode
 
 import fastvits
 from fastvits.models import LITV2_VARIANTS, LITv2
 from fastvits.models.litv2 import ConvFFN, DeformableTokenMerging, DeformConv2dPack, checkpoint_filter_fn
-from helpers import FIXTURES
 
 TINY = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
 

@@ -9,10 +9,10 @@ LITv2: the backbone maps come from `forward_intermediates` and the test applies 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_same_rounding, fixture_checkpoint, load_fixture
 
 import fastvits
 from fastvits.models import LITv2
-from helpers import assert_same_rounding, fixture_checkpoint, load_fixture
 
 TOL32 = dict(atol=1e-5, rtol=1e-5)
 TOL64 = dict(atol=1e-10, rtol=1e-10)

@@ -8,9 +8,9 @@ meta device, so the sweep stays fast on a CPU.
 import pytest
 import timm
 import torch
+from helpers import small_model
 
 import fastvits
-from helpers import small_model
 
 MODELS = fastvits.list_models()
 INPUT = (2, 3, 128, 160)

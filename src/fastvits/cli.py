@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("fastvits.bench.cli",)
+COMMAND_MODULES: tuple[str, ...] = ("fastvits.bench.cli", "fastvits.downstream.cli", "fastvits.train.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

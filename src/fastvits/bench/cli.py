@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
+from ..argtypes import json_object
 from .backends import BACKENDS, ONNX_EXPORTERS, OfficialUnavailable, parse_backends
 from .report import print_results, save_results
 from .suite import BenchSettings, bench_models
 
 __all__ = ["MODE_MODULES", "parse_size", "register", "run_models", "settings_from_args"]
 
-MODE_MODULES: tuple[str, ...] = ()
+MODE_MODULES: tuple[str, ...] = ("fastvits.downstream.bench",)
 DEFAULT_MODE = "models"
 
 
@@ -86,16 +86,6 @@ def _roof(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--roof {text!r}: auto, off or GFLOP/s") from None
 
 
-def _kwargs(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"--model-kwargs is not JSON ({e}): write e.g. '{{\"dim\": 32}}'") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("--model-kwargs must be a JSON object")
-    return value
-
-
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "models",
@@ -142,7 +132,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     g.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's default)")
-    g.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON kwargs for the model constructors")
+    g.add_argument("--model-kwargs", type=json_object, default={}, help="JSON kwargs for the model constructors")
     g.add_argument("--checkpoint", help="weights for the fastvits model (official .pth.tar or safetensors)")
     g.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("how to measure")

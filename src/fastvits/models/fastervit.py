@@ -21,7 +21,6 @@ from timm.models import checkpoint, generate_default_cfgs
 
 from ..checkpoint import CheckpointError, register_checkpoint_filter
 from ..layers import CarrierTokenInit, HATBlock, pad_nchw, window_partition, window_reverse
-
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]

@@ -1,0 +1,269 @@
+"""`fastvits detect|segment train|eval|predict` and `fastvits make-data shapes|coins`.
+
+`train` writes a run folder (see `engine`); `eval` and `predict` rebuild the model from that folder's
+`config.json`, so they need no model flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..argtypes import json_object
+from .backbone import BackboneConfig
+from .detection import ARCHS, DetectorConfig, build_detector
+from .schedule import TrainConfig
+from .segmentation import HEADS, SegmenterConfig, build_segmenter
+
+if TYPE_CHECKING:
+    from .data import AnnotatedImages
+
+TASKS = ("detect", "segment")
+
+
+def _extra(module: str) -> ModuleType:
+    """`data` or `engine`, imported on use: they need the `detection` extra, and `fastvits` must start (for
+    `bench`, `train`, ...) without it.
+    """
+    try:
+        return importlib.import_module(f".{module}", __package__)
+    except ModuleNotFoundError as e:
+        raise SystemExit(
+            f"fastvits detect, segment and make-data need {e.name}: pip install 'fastvits[detection]'"
+        ) from None
+
+
+def _add_data_args(p: argparse.ArgumentParser, prefix: str = "", required: bool = True) -> None:
+    what = "validation " if prefix else ""
+    p.add_argument(f"--{prefix}images", required=required, help=f"{what}image folder")
+    p.add_argument(f"--{prefix}ann", help=f"{what}COCO-format annotation JSON")
+    p.add_argument(f"--{prefix}masks", help=f"{what}class-id mask PNG folder (instead of --{prefix}ann)")
+
+
+def _open_data(args: argparse.Namespace, prefix: str = "") -> AnnotatedImages:
+    images, ann, masks = (getattr(args, prefix + name) for name in ("images", "ann", "masks"))
+    return _extra("data").open_annotated_images(images, ann, masks, args.classes)
+
+
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, help="CPU threads; 1 avoids thread thrashing on cores shared with other jobs")
+
+
+def _setup_runtime(args: argparse.Namespace) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+def _add_train_parser(sub: argparse._SubParsersAction, task: str) -> None:
+    p = sub.add_parser("train", help=f"train a {task} model; writes a run folder")
+    _add_data_args(p)
+    _add_data_args(p, "val-", required=False)
+    p.add_argument("--classes", help="classes.txt for mask folders (default: beside the mask folder)")
+    p.add_argument("--backbone", required=True, help="FasterViT/LITv2 or any timm model name")
+    p.add_argument("--backbone-kwargs", type=json_object, default={}, help="model kwargs as JSON, e.g. '{\"dim\": 16}'")
+    p.add_argument("--pretrained", action="store_true", help="start from the default classification weights")
+    p.add_argument("--checkpoint", help="start from this classification checkpoint file")
+    p.add_argument("--frozen-stages", type=int, default=-1, help="-1 none, 0 stem, k stem + first k stages")
+    p.add_argument("--frozen-bn", action="store_true", help="use FrozenBatchNorm2d in the backbone")
+    if task == "detect":
+        p.add_argument("--arch", choices=ARCHS, default="maskrcnn")
+        p.add_argument("--fpn-channels", type=int, default=256)
+        p.add_argument("--min-size", type=int, default=800, help="shorter side after the detector's resize")
+        p.add_argument("--max-size", type=int, default=1333, help="longer side cap")
+        p.add_argument("--detector-kwargs", type=json_object, default={}, help="torchvision detector kwargs as JSON")
+    else:
+        p.add_argument("--head", choices=HEADS, default="semfpn")
+        p.add_argument("--channels", type=int, default=256, help="head width")
+        p.add_argument("--size", type=int, default=512, help="shorter image side")
+        p.add_argument("--crop", type=int, default=512, help="training crop size")
+        p.add_argument(
+            "--scale-range",
+            type=float,
+            nargs=2,
+            default=(0.5, 2.0),
+            metavar=("MIN", "MAX"),
+            help="random rescaling of training images (1 1: none)",
+        )
+    defaults = TrainConfig()
+    for name, value in asdict(defaults).items():
+        kind = float if name in ("lr", "weight_decay", "clip_grad") else int
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+    p.add_argument("--output", help=f"run folder (default runs/{task}/BACKBONE)")
+    _add_runtime_args(p)
+    p.set_defaults(func=train_command, task=task)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds `detect`, `segment` and `make-data` to the `fastvits` command line."""
+    for task in TASKS:
+        group = subparsers.add_parser(
+            task, help=f"{'object detection' if task == 'detect' else 'semantic segmentation'}"
+        )
+        sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+        _add_train_parser(sub, task)
+
+        p = sub.add_parser("eval", help="score a trained run on annotated images")
+        p.add_argument("--run", type=Path, required=True, help="run folder written by train")
+        _add_data_args(p)
+        p.add_argument("--classes", help="classes.txt for mask folders (default: beside the mask folder)")
+        p.add_argument("--max-images", type=int, help="score only the first N images")
+        p.add_argument("--output", type=Path, help="metrics JSON (default RUN/eval.json)")
+        _add_runtime_args(p)
+        p.set_defaults(func=eval_command, task=task)
+
+        p = sub.add_parser("predict", help="draw a trained run's predictions on images")
+        p.add_argument("--run", type=Path, required=True, help="run folder written by train")
+        p.add_argument("inputs", nargs="+", type=Path, help="images or folders of images")
+        p.add_argument("--output", type=Path, help="folder for PNGs and predictions.json (default RUN/predictions)")
+        if task == "detect":
+            p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections at least this confident")
+        _add_runtime_args(p)
+        p.set_defaults(func=predict_command, task=task)
+
+    p = subparsers.add_parser("make-data", help="write a small dataset in COCO and mask-folder formats")
+    p.add_argument("kind", choices=("shapes", "coins"), help="synthetic shapes, or scikit-image's coins photo")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--num-images", type=int, default=64, help="shapes only")
+    p.add_argument("--size", type=int, default=128, help="shapes only: image side")
+    p.add_argument("--max-shapes", type=int, default=4, help="shapes only")
+    p.add_argument("--seed", type=int, default=0, help="shapes only")
+    p.set_defaults(func=make_data_command)
+
+
+def make_data_command(args: argparse.Namespace) -> int:
+    data = _extra("data")
+    if args.kind == "shapes":
+        data.make_shapes_dataset(args.out, args.num_images, args.size, args.max_shapes, args.seed)
+    else:
+        data.make_coins_dataset(args.out)
+    print(f"wrote {args.out}: images/, masks/, classes.txt, annotations.json")
+    return 0
+
+
+def build_model(config: dict[str, Any], load_pretrained: bool = False) -> nn.Module:
+    """Builds a run's model; eval and predict skip the backbone's pretrained weights, the run's replace them."""
+    overrides = {} if load_pretrained else dict(pretrained=False, checkpoint=None)
+    backbone = BackboneConfig(**config["backbone"] | overrides)
+    if config["task"] == "detect":
+        return build_detector(DetectorConfig(**config["detector"]), backbone)
+    return build_segmenter(SegmenterConfig(**config["segmenter"]), backbone)
+
+
+def _load_run(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; pass a folder written by `train` as --run")
+    config = json.loads(path.read_text())
+    return _extra("engine").load_weights(build_model(config), run_dir), config
+
+
+def _evaluate(
+    model: nn.Module, config: dict[str, Any], source: AnnotatedImages, device: torch.device, max_images: int | None
+) -> dict[str, float]:
+    if source.classes != config["classes"]:
+        raise ValueError(f"data has classes {source.classes} but the model was trained on {config['classes']}")
+    engine = _extra("engine")
+    if config["task"] == "detect":
+        return engine.evaluate_detection(model, source, device, max_images)
+    return engine.evaluate_segmentation(model, source, config["size"], device, max_images)
+
+
+def train_command(args: argparse.Namespace) -> int:
+    device = _setup_runtime(args)
+    torch.manual_seed(args.seed)
+    source = _open_data(args)
+    backbone = BackboneConfig(
+        args.backbone, args.pretrained, args.checkpoint, args.frozen_stages, args.frozen_bn, args.backbone_kwargs
+    )
+    data, engine = _extra("data"), _extra("engine")
+    train_cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
+    config: dict[str, Any] = dict(
+        task=args.task, classes=source.classes, backbone=asdict(backbone), train=asdict(train_cfg)
+    )
+    num_classes = len(source.classes) + 1
+    if args.task == "detect":
+        config["detector"] = asdict(
+            DetectorConfig(
+                args.arch, num_classes, args.fpn_channels, args.min_size, args.max_size, args.detector_kwargs
+            )
+        )
+        dataset, collate = data.DetectionDataset(source, train=True), data.detection_collate
+        loss_fn = engine.detection_losses
+    else:
+        config["segmenter"] = asdict(SegmenterConfig(args.head, num_classes, args.channels))
+        config |= dict(size=args.size, crop=args.crop, scale_range=list(args.scale_range))
+        dataset, collate, loss_fn = (
+            data.SegmentationDataset(source, args.size, args.crop, train=True, scale_range=tuple(args.scale_range)),
+            None,
+            engine.segmentation_losses,
+        )
+    model = build_model(config, load_pretrained=True)
+    out_dir = Path(args.output or f"runs/{args.task}/{args.backbone}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    loader = DataLoader(
+        dataset,
+        train_cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=train_cfg.workers,
+        drop_last=len(dataset) > train_cfg.batch_size,
+    )
+    start = time.perf_counter()
+    history = engine.train(model, loader, loss_fn, train_cfg, out_dir, device)
+    results: dict[str, Any] = dict(
+        steps=len(history), final_loss=history[-1], train_seconds=time.perf_counter() - start
+    )
+    engine.save_run(out_dir, model, config)
+    if args.val_images is not None:
+        results |= _evaluate(model, config, _open_data(args, "val_"), device, None)
+    engine.write_json(out_dir / "results.json", results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    device = _setup_runtime(args)
+    model, config = _load_run(args.run)
+    metrics = _evaluate(model, config, _open_data(args), device, args.max_images)
+    _extra("engine").write_json(args.output or args.run / "eval.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def _expand_images(inputs: list[Path]) -> list[Path]:
+    paths = []
+    for item in inputs:
+        if item.is_dir():
+            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in _extra("data").IMAGE_SUFFIXES)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"input {item} not found; pass image files or folders of images")
+    return paths
+
+
+def predict_command(args: argparse.Namespace) -> int:
+    device = _setup_runtime(args)
+    model, config = _load_run(args.run)
+    out_dir = args.output or args.run / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, engine = _expand_images(args.inputs), _extra("engine")
+    if config["task"] == "detect":
+        records = engine.predict_detection(model, paths, out_dir, config["classes"], device, args.score_thresh)
+    else:
+        records = engine.predict_segmentation(model, paths, out_dir, config["classes"], config["size"], device)
+    engine.write_json(out_dir / "predictions.json", records)
+    print(f"wrote {len(records)} drawings to {out_dir}")
+    return 0

@@ -1,0 +1,84 @@
+"""torchvision detectors (Mask R-CNN, Faster R-CNN, RetinaNet, FCOS) on fastvits or timm backbones.
+
+The detectors are torchvision's own; only the backbone is ours. They take a list of (3, H, W) images in
+[0, 1] and normalise and resize them internally (`min_size`/`max_size`, 800x1333 by default), so any
+image size goes straight in: the backbones pad internally to their window and patch multiples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+
+from .backbone import STRIDES, BackboneConfig, BackboneWithFPN, build_backbone
+
+ARCHS: tuple[str, ...] = ("maskrcnn", "fasterrcnn", "retinanet", "fcos")
+TWO_STAGE: tuple[str, ...] = ("maskrcnn", "fasterrcnn")
+
+
+@dataclass
+class DetectorConfig:
+    """A detector's head and input settings; saved with each run.
+
+    Attributes:
+        arch: One of `ARCHS`.
+        num_classes: Number of classes including background (label 0), as torchvision counts them.
+        fpn_channels: FPN width. The R-CNN box head (4x this) and mask head (this) scale with it, so the
+            default 256 gives torchvision's standard heads and small values give fast test models.
+        min_size: Shorter image side after the detector's internal resize.
+        max_size: Cap on the longer side.
+        detector_kwargs: Passed on to the torchvision class (score thresholds, sampling sizes, ...).
+    """
+
+    arch: str = "maskrcnn"
+    num_classes: int = 91
+    fpn_channels: int = 256
+    min_size: int = 800
+    max_size: int = 1333
+    detector_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Module:
+    """Builds a torchvision detector on a multi-scale backbone with an FPN.
+
+    The R-CNNs use pyramid levels P2-P5 plus a max-pooled P6 (as torchvision's ResNet-50 FPN models do);
+    RetinaNet and FCOS use P3-P5 plus P6/P7 computed from P5, as in their papers.
+
+    Raises:
+        ValueError: Unknown `arch`.
+    """
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"unknown detector arch {cfg.arch!r}; choose one of {ARCHS}")
+    c = cfg.fpn_channels
+    two_stage = cfg.arch in TWO_STAGE
+    strides = STRIDES if two_stage else STRIDES[1:]
+    body = build_backbone(backbone_cfg, strides)
+    extra = LastLevelMaxPool() if two_stage else LastLevelP6P7(c, c)
+    backbone = BackboneWithFPN(body, c, extra)
+    common: dict[str, Any] = dict(
+        min_size=cfg.min_size, max_size=cfg.max_size, image_mean=body.mean, image_std=body.std, **cfg.detector_kwargs
+    )
+    if cfg.arch == "retinanet":
+        return RetinaNet(backbone, cfg.num_classes, **common)
+    if cfg.arch == "fcos":
+        return FCOS(backbone, cfg.num_classes, **common)
+    # Heads sized from the FPN width; torchvision's defaults hard-code 256/1024 and would not match a narrow FPN.
+    common.update(
+        num_classes=None,
+        box_head=TwoMLPHead(c * 7 * 7, 4 * c),  # 7x7 RoIAlign output
+        box_predictor=FastRCNNPredictor(4 * c, cfg.num_classes),
+    )
+    if cfg.arch == "fasterrcnn":
+        return FasterRCNN(backbone, **common)
+    return MaskRCNN(
+        backbone,
+        mask_head=MaskRCNNHeads(c, (c,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(c, c, cfg.num_classes),
+        **common,
+    )

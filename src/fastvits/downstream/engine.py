@@ -1,0 +1,318 @@
+"""Training and evaluation loops, metrics, logs and run folders for detection and segmentation.
+
+A run folder holds `config.json` (everything needed to rebuild the model), `model.safetensors`,
+`log.csv` (one row per step), `summary.csv` (one row per epoch) and `results.json` (final metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pycocotools.cocoeval import COCOeval
+from safetensors.torch import load_model, save_model
+from torch import nn
+from torch.utils.data import DataLoader
+from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
+from tqdm import tqdm
+
+from .data import (
+    AnnotatedImages,
+    DetectionDataset,
+    SegmentationDataset,
+    encode_mask,
+    load_rgb,
+    resize_short_side,
+    to_tensor,
+)
+from .schedule import TrainConfig, lr_factor
+from .segmentation import IGNORE_INDEX
+from .visualize import draw_detections, draw_segmentation
+
+# Names for pycocotools' 12 summary numbers, in its order.
+COCO_STATS = (
+    "mAP",
+    "mAP_50",
+    "mAP_75",
+    "mAP_s",
+    "mAP_m",
+    "mAP_l",
+    "mAR_1",
+    "mAR_10",
+    "mAR_100",
+    "mAR_s",
+    "mAR_m",
+    "mAR_l",
+)
+LossFn = Callable[[nn.Module, Any, torch.device], dict[str, torch.Tensor]]
+
+
+class CsvLog:
+    """Appends rows to a CSV file whose columns are the first row's keys."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fields = path, None
+
+    def write(self, row: dict[str, Any]) -> None:
+        first = self.fields is None
+        self.fields = self.fields or list(row)
+        with self.path.open("w" if first else "a", newline="") as f:
+            writer = csv.DictWriter(f, self.fields)
+            if first:
+                writer.writeheader()
+            writer.writerow(row)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def detection_losses(model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """torchvision detectors return their loss dict in train mode."""
+    images, targets = batch
+    return model([i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets])
+
+
+def segmentation_losses(model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    images, masks = batch
+    return {"loss_ce": F.cross_entropy(model(images.to(device)), masks.to(device), ignore_index=IGNORE_INDEX)}
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay only matrices and kernels; decaying norm scales and biases hurts transformers."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        dict(params=[p for p in params if p.ndim > 1], weight_decay=weight_decay),
+        dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0),
+    ]
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+) -> list[float]:
+    """Trains with AdamW, warm-up and cosine decay, logging every step to `log.csv`, every epoch to `summary.csv`.
+
+    Returns:
+        The total loss of each step.
+    """
+    total = len(loader) * cfg.epochs if cfg.max_steps is None else min(cfg.max_steps, len(loader) * cfg.epochs)
+    warmup = min(cfg.warmup_steps, max(total // 10, 1))
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, warmup=warmup, total=total))
+    step_log, epoch_log = CsvLog(out_dir / "log.csv"), CsvLog(out_dir / "summary.csv")
+    history: list[float] = []
+    model.to(device).train()
+    progress = tqdm(total=total, desc="train", dynamic_ncols=True)
+    for epoch in range(cfg.epochs):
+        start, epoch_losses = time.perf_counter(), []
+        for batch in loader:
+            losses = loss_fn(model, batch, device)
+            loss = sum(losses.values())
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {len(history)}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            scheduler.step()
+            history.append(loss.item())
+            epoch_losses.append(loss.item())
+            row = dict(epoch=epoch, step=len(history), lr=optimizer.param_groups[0]["lr"], loss=loss.item())
+            step_log.write(row | {k: v.item() for k, v in losses.items()})
+            progress.update()
+            progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+            if len(history) == total:
+                break
+        epoch_log.write(dict(epoch=epoch, train_loss=float(np.mean(epoch_losses)), seconds=time.perf_counter() - start))
+        if len(history) == total:
+            break
+    progress.close()
+    return history
+
+
+def detections_to_coco(
+    output: dict[str, torch.Tensor], image_id: int, category_id: Callable[[int], int]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One image's detector output -> COCO result records for box and (if present) mask evaluation.
+
+    The two lists are kept apart because pycocotools takes a record's area from its box when both are
+    present, which would put masks in the wrong small/medium/large bucket.
+    """
+    boxes = output["boxes"].cpu().numpy()
+    boxes[:, 2:] -= boxes[:, :2]  # x1, y1, x2, y2 -> x, y, w, h
+    common = [
+        dict(image_id=image_id, category_id=category_id(int(label)), score=float(score))
+        for label, score in zip(output["labels"].tolist(), output["scores"].tolist())
+    ]
+    box_results = [c | dict(bbox=b.tolist()) for c, b in zip(common, boxes)]
+    mask_results = []
+    if "masks" in output:
+        masks = (output["masks"][:, 0] > 0.5).cpu().numpy()  # (N, 1, H, W) probabilities -> (N, H, W)
+        mask_results = [c | dict(segmentation=encode_mask(m)) for c, m in zip(common, masks)]
+    return box_results, mask_results
+
+
+def coco_metrics(
+    source: AnnotatedImages, results: list[dict[str, Any]], iou_type: str, image_ids: Sequence[int]
+) -> dict[str, float]:
+    """pycocotools' 12 summary numbers for `iou_type` ("bbox" or "segm"), as `{iou_type}_{name}`."""
+    if not results:  # pycocotools cannot load an empty result list; nothing detected scores 0
+        return {f"{iou_type}_{name}": 0.0 for name in COCO_STATS}
+    gt = source.coco_gt()
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(gt, gt.loadRes(results), iou_type)
+        evaluator.params.imgIds = list(image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {f"{iou_type}_{name}": float(v) for name, v in zip(COCO_STATS, evaluator.stats)}
+
+
+@torch.no_grad()
+def evaluate_detection(
+    model: nn.Module, source: AnnotatedImages, device: torch.device, max_images: int | None = None
+) -> dict[str, float]:
+    """COCO box mAP, plus mask mAP for models that predict masks."""
+    model.to(device).eval()
+    dataset = DetectionDataset(source)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    box_results, mask_results, image_ids, has_masks = [], [], [], False
+    for index in tqdm(range(count), desc="eval", dynamic_ncols=True):
+        image, target = dataset[index]
+        (output,) = model([image.to(device)])
+        image_ids.append(int(target["image_id"]))
+        boxes, masks = detections_to_coco(output, image_ids[-1], source.category_id)
+        box_results += boxes
+        mask_results += masks
+        has_masks = "masks" in output
+    metrics = coco_metrics(source, box_results, "bbox", image_ids)
+    if has_masks:
+        metrics |= coco_metrics(source, mask_results, "segm", image_ids)
+    return metrics
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: nn.Module, source: AnnotatedImages, size: int, device: torch.device, max_images: int | None = None
+) -> dict[str, float]:
+    """mIoU over the classes present in ground truth or prediction, pixel accuracy, and per-class IoU.
+
+    Logits are resized to each mask's own resolution before the argmax, so scores do not depend on `size`
+    through mask resampling.
+    """
+    model.to(device).eval()
+    num_classes = len(source.classes) + 1
+    # NaN for classes absent from both prediction and ground truth, so they do not count as IoU 0.
+    jaccard = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan"))
+    accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
+    dataset = SegmentationDataset(source, size)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    for index in tqdm(range(count), desc="eval", dynamic_ncols=True):
+        image, mask = dataset[index]
+        logits = model(image[None].to(device))
+        logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
+        prediction = logits.argmax(1).cpu()
+        jaccard.update(prediction, mask[None])
+        accuracy.update(prediction, mask[None])
+    iou = jaccard.compute()
+    names = ["background", *source.classes]
+    return dict(mIoU=float(iou.nanmean()), aAcc=float(accuracy.compute())) | {
+        f"IoU_{n}": float(v) for n, v in zip(names, iou)
+    }
+
+
+@torch.no_grad()
+def predict_detection(
+    model: nn.Module,
+    paths: Sequence[Path],
+    out_dir: Path,
+    classes: Sequence[str],
+    device: torch.device,
+    score_thresh: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Detects objects in each image, draws them to `out_dir/NAME.png` and returns the kept detections."""
+    model.to(device).eval()
+    records = []
+    for path in tqdm(paths, desc="predict", dynamic_ncols=True):
+        image = load_rgb(path)
+        (output,) = model([to_tensor(image).to(device)])
+        keep = output["scores"] >= score_thresh
+        out = {k: v[keep].cpu() for k, v in output.items()}
+        masks = (out["masks"][:, 0] > 0.5).numpy() if "masks" in out else None  # (N, 1, H, W) -> (N, H, W)
+        png = draw_detections(
+            image,
+            out["boxes"].numpy(),
+            out["labels"].numpy(),
+            out["scores"].numpy(),
+            classes,
+            out_dir / f"{path.stem}.png",
+            masks,
+        )
+        records.append(
+            dict(
+                image=str(path),
+                drawing=str(png),
+                boxes=out["boxes"].tolist(),
+                scores=out["scores"].tolist(),
+                labels=[classes[i - 1] for i in out["labels"].tolist()],
+            )
+        )
+    return records
+
+
+@torch.no_grad()
+def predict_segmentation(
+    model: nn.Module, paths: Sequence[Path], out_dir: Path, classes: Sequence[str], size: int, device: torch.device
+) -> list[dict[str, Any]]:
+    """Segments each image; writes the class-id mask `NAME_mask.png` and the overlay `NAME.png`."""
+    model.to(device).eval()
+    records = []
+    for path in tqdm(paths, desc="predict", dynamic_ncols=True):
+        image = load_rgb(path)
+        x = resize_short_side(to_tensor(image), size, "bilinear")
+        logits = F.interpolate(model(x[None].to(device)), size=image.shape[:2], mode="bilinear", align_corners=False)
+        prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
+        Image.fromarray(prediction).save(out_dir / f"{path.stem}_mask.png")
+        png = draw_segmentation(image, prediction, classes, out_dir / f"{path.stem}.png")
+        counts = np.bincount(prediction.ravel(), minlength=len(classes) + 1)
+        records.append(
+            dict(
+                image=str(path),
+                drawing=str(png),
+                mask=str(out_dir / f"{path.stem}_mask.png"),
+                pixels={n: int(c) for n, c in zip(["background", *classes], counts)},
+            )
+        )
+    return records
+
+
+def save_run(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> None:
+    """Saves weights as safetensors and the config that rebuilds the model."""
+    save_model(model, str(out_dir / "model.safetensors"))
+    write_json(out_dir / "config.json", config)
+
+
+def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
+    """Loads `run_dir/model.safetensors` into a model rebuilt from the run's config."""
+    path = run_dir / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; pass a folder written by `train` as --run")
+    load_model(model, str(path))
+    return model

@@ -1,0 +1,145 @@
+"""`fastvits validate` and `fastvits predict`: evaluate or apply a trained model.
+
+The model comes either from a training run folder (`--run`, which knows the model, its classes and its
+pre-processing) or from a model name plus an optional weights file (`--model`, `--checkpoint`), e.g. an
+official FasterViT checkpoint with its 1000 ImageNet classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from timm.data import resolve_data_config
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+from .data import class_names, eval_transform, load_image, open_dataset, parse_data
+from .distributed import cleanup, init_distributed, share_cpus
+from .engine import evaluate
+from .errors import DataError
+from .modeling import ModelSpec, build_model, default_class_names, load_run
+from .sampling import ShardSampler
+from .trainer import AMP_DTYPES
+
+__all__ = ["ModelSource", "load_for_inference", "predict", "validate"]
+
+
+@dataclass
+class ModelSource:
+    """Where the model comes from: a run folder, or a name with optional weights."""
+
+    run: Path | None = None
+    ema: bool = False
+    model: str | None = None
+    checkpoint: str | None = None
+    num_classes: int | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def load_for_inference(source: ModelSource, device: torch.device) -> tuple[nn.Module, ModelSpec]:
+    """The model in eval mode on `device`, and its spec (classes and data config)."""
+    if source.run is not None:
+        model, spec = load_run(source.run, "ema" if source.ema else "model")
+    elif source.model is not None:
+        model = build_model(source.model, num_classes=source.num_classes, checkpoint=source.checkpoint,
+                            **source.model_kwargs)
+        spec = ModelSpec(name=source.model, num_classes=model.num_classes,
+                         class_names=default_class_names(model.num_classes), kwargs=source.model_kwargs,
+                         data_config=resolve_data_config(model=model))
+    else:
+        raise ValueError("name the model: --run RUN_FOLDER, or --model NAME [--checkpoint FILE]")
+    spec.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.data_config.items()}
+    return model.to(device).eval(), spec
+
+
+def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val", batch_size: int = 256,
+             workers: int | None = None, img_size: tuple[int, int] | None = None, limit: int | None = None,
+             device: str = "auto", amp: str = "none", channels_last: bool = False,
+             progress: bool = True) -> dict[str, Any]:
+    """Top-1/top-5 accuracy, loss and throughput on a dataset split (works under `torchrun` too).
+
+    Returns:
+        A result row with timm's column names (model, top1, top1_err, top5, top5_err, param_count, img_size,
+        crop_pct, interpolation) plus loss, samples and samples_per_sec.
+    """
+    dist_info = init_distributed(device)
+    workers, _ = share_cpus(dist_info.world_size, workers)
+    try:
+        model, spec = load_for_inference(source, dist_info.device)
+        data_source = parse_data(data, val_split=split)
+        classes = class_names(data_source, "val")
+        if len(classes) != spec.num_classes:
+            raise DataError(f"{data} has {len(classes)} classes but the model predicts {spec.num_classes}; "
+                            "validate on the dataset the model was trained for")
+        config = _sized(spec.data_config, img_size)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        dataset = open_dataset(data_source, "val", eval_transform(config), limit)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                            sampler=ShardSampler(len(dataset), dist_info.rank, dist_info.world_size))
+        result = evaluate(model, loader, dist_info.device, AMP_DTYPES[amp], channels_last,
+                          progress=progress and dist_info.is_main)
+        return {
+            "model": str(source.run or spec.name), "top1": result["top1"], "top1_err": 100 - result["top1"],
+            "top5": result["top5"], "top5_err": 100 - result["top5"], "loss": result["loss"],
+            "param_count": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "img_size": config["input_size"][-1], "crop_pct": config["crop_pct"],
+            "interpolation": config["interpolation"], "samples": result["samples"],
+            "samples_per_sec": result["samples_per_sec"],
+        }
+    finally:
+        cleanup()
+
+
+def _sized(config: dict[str, Any], img_size: tuple[int, int] | None) -> dict[str, Any]:
+    """The data config with its input size replaced by `img_size` (H, W), if given."""
+    return config if img_size is None else {**config, "input_size": (config["input_size"][0], *img_size)}
+
+
+def _native_transform(config: dict[str, Any]) -> Any:
+    """Only convert and normalise: the image keeps its size (for any-resolution models)."""
+    return transforms.Compose([transforms.ToTensor(), transforms.Normalize(config["mean"], config["std"])])
+
+
+@torch.no_grad()
+def predict(source: ModelSource, images: list[str], topk: int = 5, native_size: bool = False,
+            img_size: tuple[int, int] | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    """Top-k classes with probabilities for each image file.
+
+    Args:
+        native_size: feed every image at its own resolution instead of resizing and cropping it to the
+            model's input size; only for models that accept any input size (e.g. FasterViT's any-res).
+        img_size: resize/crop to this (H, W) instead of the model's data config.
+
+    Returns:
+        One dict per image: image path, size (W, H), and "top" as a list of {label, index, probability}.
+    """
+    model, spec = load_for_inference(source, init_distributed(device).device)
+    config = _sized(spec.data_config, img_size)
+    transform = _native_transform(config) if native_size else eval_transform(config)
+    k = min(topk, spec.num_classes)
+    results = []
+    for path in images:
+        if not Path(path).is_file():
+            raise DataError(f"image {path} does not exist")
+        image = load_image(path)
+        x = transform(image).unsqueeze(0).to(next(model.parameters()).device)  # (1, 3, H, W)
+        try:
+            logits = model(x)
+        except (ValueError, RuntimeError) as e:  # models reject sizes they cannot take, in their own words
+            if not native_size:
+                raise
+            raise DataError(f"{path} ({image.size[0]}x{image.size[1]}) cannot be fed at its own size: {e} "
+                            "Drop --native-size to resize it to the model's input size.") from e
+        probs = logits.float().softmax(dim=1)[0]
+        values, indices = probs.topk(k)
+        results.append({
+            "image": path, "size": list(image.size),
+            "top": [{"label": spec.class_names[i], "index": i, "probability": p}
+                    for p, i in zip(values.tolist(), indices.tolist(), strict=True)],
+        })
+    return results

@@ -1,0 +1,377 @@
+"""`fastvits train`: assemble data, model, optimiser, schedule, EMA and checkpoints from timm's parts, then loop.
+
+Files of a run folder (`--output`; only rank 0 writes):
+    run.json                   model name/kwargs, classes, data config, recipe and options: rebuilds the model
+    checkpoints/step-*.pt      training state for `--resume` (the newest `--keep-checkpoints` are kept)
+    model.safetensors          weights after the latest epoch (and model_ema.safetensors with EMA)
+    steps.csv                  loss and lr of every optimizer step
+    metrics.csv, metrics.json  one row per epoch: train/eval loss, top-1/top-5, throughput
+    loss.png, accuracy.png     the curves
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader
+
+from ..checkpoint import save_safetensors
+from . import checkpoint as ckpt
+from .data import (
+    check_images,
+    class_names,
+    eval_transform,
+    open_dataset,
+    parse_data,
+    resolve_input_config,
+    train_transform,
+)
+from .distributed import DistInfo, all_gather_objects, cleanup, init_distributed, share_cpus
+from .engine import StepResult, TrainParts, current_lr, evaluate, train_one_epoch
+from .errors import CheckpointError, DivergenceError, TrainError
+from .files import atomic_write_json, remove_stale_temporaries
+from .metrics import MetricsLog
+from .modeling import RUN_FILE, WEIGHTS, ModelSpec, build_model
+from .recipe import Recipe, scaled_lr
+from .sampling import SeededDataset, ShardSampler, TrainSampler
+
+__all__ = ["AMP_DTYPES", "TrainOptions", "default_preset", "run_training"]
+
+AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class TrainOptions:
+    """Everything `fastvits train` takes besides the recipe; see `fastvits train --help` for each."""
+
+    model: str
+    recipe: Recipe
+    preset: str = "custom"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str | None = None
+    pretrained: bool = False
+    data: str = "fashion-mnist"
+    train_split: str = "train"
+    val_split: str = "val"
+    train_samples: int | None = None
+    val_samples: int | None = None
+    img_size: tuple[int, int] | None = None
+    check_data: bool = False
+    lr: float | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    accum_steps: int = 1
+    workers: int | None = None
+    threads: int | None = None
+    output: Path | None = None
+    resume: str | None = None
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    grad_checkpointing: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+def default_preset(data: str) -> str:
+    """The preset used when none is named: the short CPU recipe for Fashion-MNIST, FasterViT's otherwise."""
+    return "fashion-mnist" if parse_data(data).kind == "fashion-mnist" else "fastervit"
+
+
+def run_training(opts: TrainOptions) -> dict[str, Any]:
+    """Train as `opts` says (one process, or one rank of a `torchrun` job). Returns the last epoch's metrics."""
+    dist_info = init_distributed(opts.device)
+    try:
+        return _Trainer(opts, dist_info).run()
+    finally:
+        cleanup()
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class _Trainer:
+    """One training run; `__init__` builds everything, `run` loops over epochs."""
+
+    def __init__(self, opts: TrainOptions, dist_info: DistInfo) -> None:
+        self.opts, self.dist = opts, dist_info
+        self.recipe = opts.recipe
+        self.source = parse_data(opts.data, opts.train_split, opts.val_split)
+        self.out = opts.output or Path("runs") / f"{opts.model}-{self.source.name}"
+        self.ckpt_dir = self.out / "checkpoints"
+        self.resume_path = self._resume_path()
+        self.amp_dtype = self._amp_dtype()
+        self.workers, self.threads = share_cpus(dist_info.world_size, opts.workers, opts.threads)
+        _seed_everything(opts.seed + dist_info.rank)  # before model init; ranks differ for drop path and mixup
+
+        classes = class_names(self.source)
+        self.model = build_model(opts.model, num_classes=len(classes), checkpoint=opts.checkpoint,
+                                 pretrained=opts.pretrained, drop_path_rate=self.recipe.drop_path,
+                                 **opts.model_kwargs)
+        self.data_config = resolve_input_config(self.model, self.source, opts.img_size)
+        self.spec = ModelSpec(name=opts.model, num_classes=len(classes), class_names=classes,
+                              kwargs=opts.model_kwargs, data_config=self.data_config)
+        self._prepare_model()
+        self._build_data()
+        self.parts = self._build_parts()
+        self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        self._rng_state: dict[str, Any] | None = None  # this rank's RNG streams from the checkpoint
+        if self.resume_path is not None:
+            self._load(self.resume_path)
+        self.metrics = MetricsLog(self.out, self.dist.is_main, self.global_step if self.resume_path else None)
+
+    # --- setup -------------------------------------------------------------------------------------------------
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, flush=True)
+
+    def _resume_path(self) -> Path | None:
+        existing = ckpt.list_checkpoints(self.ckpt_dir)
+        if self.opts.resume is None:
+            if existing:
+                raise TrainError(f"{self.out} already holds checkpoints of an earlier run; continue it with "
+                                 "--resume, or choose another --output folder")
+            return None
+        if self.opts.resume != "latest":
+            return Path(self.opts.resume)
+        if not existing:
+            raise CheckpointError(f"--resume: no checkpoint in {self.ckpt_dir}; is --output the run's folder?")
+        return existing[-1]
+
+    def _amp_dtype(self) -> torch.dtype | None:
+        dtype = AMP_DTYPES[self.opts.amp]
+        if dtype is torch.float16 and self.dist.device.type != "cuda":
+            raise TrainError("--amp fp16 needs a GPU (its loss scaling is CUDA-only); use --amp bf16 on CPU")
+        return dtype
+
+    def _prepare_model(self) -> None:
+        opts, model = self.opts, self.model
+        if opts.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise TrainError(f"{opts.model} does not support --grad-checkpointing (no set_grad_checkpointing)")
+            model.set_grad_checkpointing(True)
+        model.to(self.dist.device)
+        if opts.channels_last:
+            model.to(memory_format=torch.channels_last)
+
+    def _build_data(self) -> None:
+        opts, dist_info = self.opts, self.dist
+        if opts.check_data:
+            checked = sum(check_images(self.source, role, dist_info.rank, dist_info.world_size)
+                          for role in ("train", "val"))
+            self._say(f"--check-data: {checked} images decode fine (rank 0's share)")
+        train_set = open_dataset(self.source, "train", train_transform(self.data_config, self.recipe),
+                                 opts.train_samples)
+        val_set = open_dataset(self.source, "val", eval_transform(self.data_config), opts.val_samples)
+        self.step_size = opts.batch_size * dist_info.world_size * opts.accum_steps
+        self.sampler = TrainSampler(len(train_set), self.step_size, dist_info.rank, dist_info.world_size, opts.seed)
+        if self.sampler.steps_per_epoch == 0:
+            raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
+                             f"({self.step_size} = batch x processes x accumulation); lower --batch-size")
+        # the loaders get their own generator, so creating an iterator never draws from the global RNG
+        common = dict(num_workers=self.workers, persistent_workers=self.workers > 0,
+                      pin_memory=dist_info.device.type == "cuda", generator=torch.Generator().manual_seed(opts.seed))
+        self.train_loader = DataLoader(SeededDataset(train_set), batch_size=opts.batch_size, sampler=self.sampler,
+                                       **common)
+        self.val_loader = DataLoader(val_set, batch_size=opts.eval_batch_size or 2 * opts.batch_size,
+                                     sampler=ShardSampler(len(val_set), dist_info.rank, dist_info.world_size),
+                                     **common)
+        self.train_size, self.val_size = len(train_set), len(val_set)
+
+    def _build_parts(self) -> TrainParts:
+        opts, recipe, model = self.opts, self.recipe, self.model
+        self.lr = opts.lr if opts.lr is not None else scaled_lr(recipe, self.step_size)
+        optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=self.lr, weight_decay=recipe.weight_decay,
+                                        layer_decay=recipe.layer_decay)
+        scheduler, self.total_epochs = create_scheduler_v2(
+            optimizer, sched="cosine", num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
+            cooldown_epochs=recipe.cooldown_epochs, warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr,
+            step_on_epochs=False, updates_per_epoch=self.sampler.steps_per_epoch,
+        )
+        mixup = None
+        if recipe.mixup > 0 or recipe.cutmix > 0:
+            if opts.batch_size % 2:
+                raise TrainError(f"mixup/cutmix pair images within a batch: --batch-size must be even, "
+                                 f"got {opts.batch_size}")
+            mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                          switch_prob=recipe.mixup_switch_prob, label_smoothing=recipe.smoothing,
+                          num_classes=self.spec.num_classes)
+            loss_fn: nn.Module = SoftTargetCrossEntropy()
+        elif recipe.smoothing > 0:
+            loss_fn = LabelSmoothingCrossEntropy(recipe.smoothing)
+        else:
+            loss_fn = nn.CrossEntropyLoss()
+        ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay is not None else None
+        ddp = None
+        forward_model: nn.Module = model
+        if self.dist.distributed:
+            device_ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+            ddp = forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        if opts.compile:
+            forward_model = torch.compile(forward_model)
+        return TrainParts(
+            model=model, forward_model=forward_model, optimizer=optimizer, scheduler=scheduler,
+            scaler=torch.amp.GradScaler(self.dist.device.type, enabled=self.amp_dtype is torch.float16),
+            loss_fn=loss_fn.to(self.dist.device), device=self.dist.device, ddp=ddp, ema=ema, mixup=mixup,
+            autocast_dtype=self.amp_dtype, accum_steps=opts.accum_steps, clip_grad=recipe.clip_grad,
+            channels_last=opts.channels_last,
+        )
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    def _save(self, epoch: int, step_in_epoch: int) -> None:
+        """Write a training checkpoint (collective: every rank contributes its RNG state; rank 0 writes).
+
+        Raises:
+            DivergenceError: an optimizer step made the weights non-finite (a finite loss does not rule that
+                out), so this state must not replace the last good checkpoint.
+        """
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            raise DivergenceError(f"the weights became non-finite at global step {self.global_step}")
+        rng = all_gather_objects(ckpt.capture_rng())
+        if not self.dist.is_main:
+            return
+        parts = self.parts
+        state = {
+            "model": self.model.state_dict(),
+            "ema": parts.ema.module.state_dict() if parts.ema is not None else None,
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "scaler": parts.scaler.state_dict(),
+            "rng": rng,
+            "progress": {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
+                         "step_size": self.step_size, "world_size": self.dist.world_size},
+            "run": {"model": self.opts.model, "preset": self.opts.preset},
+        }
+        ckpt.save_checkpoint(ckpt.checkpoint_path(self.ckpt_dir, self.global_step), state)
+        ckpt.prune_checkpoints(self.ckpt_dir, self.opts.keep_checkpoints)
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load_checkpoint(path)
+        progress = state["progress"]
+        if progress["step_size"] != self.step_size:
+            raise CheckpointError(
+                f"{path} was trained with {progress['step_size']} images per optimizer step; this run has "
+                f"{self.step_size} (batch x processes x accumulation). Resume with the same global batch."
+            )
+        parts = self.parts
+        self.model.load_state_dict(state["model"])
+        if parts.ema is not None:
+            if state["ema"] is None:
+                raise CheckpointError(f"{path} has no EMA weights; resume with the EMA setting of the run "
+                                      "(--ema-decay none)")
+            parts.ema.module.load_state_dict(state["ema"])
+        parts.optimizer.load_state_dict(state["optimizer"])
+        parts.scheduler.load_state_dict(state["scheduler"])
+        parts.scaler.load_state_dict(state["scaler"])
+        if progress["world_size"] == self.dist.world_size:
+            self._rng_state = state["rng"][self.dist.rank]
+        else:
+            self._say(f"warning: {path} was written by {progress['world_size']} processes, this run has "
+                      f"{self.dist.world_size}; data order is unchanged but dropout and mixup draws differ")
+        self.start_epoch, self.start_step = progress["epoch"], progress["step_in_epoch"]
+        self.global_step = progress["global_step"]
+        self._say(f"resumed from {path}: epoch {self.start_epoch}, step {self.start_step} of the epoch")
+
+    # --- loop --------------------------------------------------------------------------------------------------
+
+    def _after_step(self, result: StepResult) -> None:
+        self.global_step = result.global_step
+        self.metrics.log_step(result)
+        every = self.opts.save_every
+        if every and result.global_step % every == 0 and result.step_in_epoch < self.sampler.steps_per_epoch:
+            self._save(result.epoch, result.step_in_epoch)
+
+    def _write_run_file(self) -> None:
+        if not self.dist.is_main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.ckpt_dir)
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(self.opts).items()
+                   if k != "recipe"}
+        atomic_write_json(self.out / RUN_FILE, {
+            "model": self.spec.to_dict(), "recipe": dataclasses.asdict(self.recipe), "options": options,
+            "world_size": self.dist.world_size, "global_batch": self.step_size, "lr": self.lr,
+        })
+
+    def _end_epoch(self, epoch: int, seconds: float, steps: int) -> dict[str, Any]:
+        kwargs = dict(device=self.dist.device, autocast_dtype=self.amp_dtype, channels_last=self.opts.channels_last,
+                      progress=self.opts.progress and self.dist.is_main)
+        result = evaluate(self.model, self.val_loader, desc=f"eval {epoch}", **kwargs)
+        row: dict[str, Any] = {
+            "epoch": epoch, "global_step": self.global_step, "lr": current_lr(self.parts.optimizer),
+            "train_loss": self.metrics.epoch_train_loss(epoch), "eval_loss": result["loss"],
+            "eval_top1": result["top1"], "eval_top5": result["top5"], "epoch_seconds": seconds,
+            "train_samples_per_sec": steps * self.step_size / max(seconds, 1e-9),
+            "eval_samples_per_sec": result["samples_per_sec"],
+        }
+        if self.parts.ema is not None:
+            ema = evaluate(self.parts.ema.module, self.val_loader, desc=f"eval EMA {epoch}", **kwargs)
+            row.update(ema_eval_loss=ema["loss"], ema_eval_top1=ema["top1"], ema_eval_top5=ema["top5"])
+        self.metrics.log_epoch(row)
+        self._save(epoch + 1, 0)  # first: it refuses non-finite weights, which must not be exported either
+        if self.dist.is_main:
+            save_safetensors(self.model.state_dict(), self.out / WEIGHTS["model"])
+            if self.parts.ema is not None:
+                save_safetensors(self.parts.ema.module.state_dict(), self.out / WEIGHTS["ema"])
+        ema_text = f", EMA top-1 {row['ema_eval_top1']:.2f}%" if self.parts.ema is not None else ""
+        self._say(f"epoch {epoch + 1}/{self.total_epochs}: train loss {row['train_loss']:.4f}, "
+                  f"eval loss {row['eval_loss']:.4f}, top-1 {row['eval_top1']:.2f}%, top-5 {row['eval_top5']:.2f}%"
+                  f"{ema_text} ({seconds:.0f} s, {row['train_samples_per_sec']:.0f} img/s)")
+        return row
+
+    def run(self) -> dict[str, Any]:
+        self._write_run_file()
+        self._say(f"training {self.opts.model} on {self.source.name} ({self.train_size} train / {self.val_size} "
+                  f"eval images, {len(self.spec.class_names)} classes, input {self.data_config['input_size']}): "
+                  f"{self.total_epochs} epochs x {self.sampler.steps_per_epoch} steps, global batch "
+                  f"{self.step_size}, lr {self.lr:.3g}, {self.dist.world_size} process(es) on {self.dist.device} "
+                  f"({self.threads} compute thread(s) each); "
+                  f"output in {self.out}")
+        if self._rng_state is not None:
+            ckpt.restore_rng(self._rng_state)  # last, so nothing in the setup can disturb the restored streams
+        row: dict[str, Any] = {}
+        try:
+            for epoch in range(self.start_epoch, self.total_epochs):
+                start_step = self.start_step if epoch == self.start_epoch else 0
+                self.sampler.set_epoch(epoch, start_step)
+                started = time.perf_counter()
+                train_one_epoch(self.parts, self.train_loader, epoch, start_step, self.global_step,
+                                self._after_step, progress=self.opts.progress and self.dist.is_main)
+                row = self._end_epoch(epoch, time.perf_counter() - started,
+                                      self.sampler.steps_per_epoch - start_step)
+        except DivergenceError as e:
+            raise DivergenceError(f"{e}. Training stopped; {self._last_good()}") from None
+        finally:
+            self.metrics.close()
+        self._say(f"done: weights {self.out / WEIGHTS['model']}, metrics {self.out / 'metrics.csv'}, "
+                  f"plots {self.out / 'accuracy.png'} and {self.out / 'loss.png'}")
+        return {**row, "output": str(self.out)}
+
+    def _last_good(self) -> str:
+        existing = ckpt.list_checkpoints(self.ckpt_dir)
+        advice = "lower the learning rate (--lr-base or --lr), keep --clip-grad on, or prefer --amp bf16 to fp16"
+        if not existing:
+            return f"no checkpoint had been written yet. Restart with a fix: {advice}"
+        return (f"the last good checkpoint is {existing[-1]}. Fix the cause ({advice}) and continue with "
+                f"--resume {existing[-1]}")

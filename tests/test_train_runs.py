@@ -1,0 +1,159 @@
+"""Whole training runs as users start them: torchrun equivalence, SIGKILL and resume, divergence.
+
+Runs go through subprocesses with one compute thread each, so they are deterministic and kill-able; the image data
+is a tiny synthetic ImageFolder and the model timm's `test_vit` (LayerNorm only, so batch statistics cannot
+differ between one and two processes).
+"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+from test_train_data import make_image_folder
+
+from fastvits.cli import main
+from fastvits.train.checkpoint import list_checkpoints, load_checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+TINY = ["--model", "test_vit", "--img-size", "32", "--no-progress", "--seed", "0", "--threads", "1"]
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """In-process runs set torch's thread count for their CPU share; give the rest of the suite its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return env
+
+
+def _start(args: list[str], log: Path, nproc: int = 1) -> subprocess.Popen:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
+        if nproc > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "fastvits.cli", "train", *TINY, *args]
+    return subprocess.Popen(cmd, env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, log: Path) -> None:
+    assert proc.wait(timeout=240) == 0, log.read_text()[-3000:]
+
+
+def _losses(run: Path) -> list[tuple[int, str]]:
+    with open(run / "steps.csv") as f:
+        return [(int(r["global_step"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def test_two_processes_match_one_process_and_accumulation(tmp_path):
+    """Same global batch of 8: 1 process x 8, torchrun 2 processes x 4, and 1 process x 4 x 2 accumulation.
+
+    SGD, not AdamW: the attention key bias has a true gradient of zero (softmax ignores a constant shift), so
+    its gradient is rounding noise, which Adam's normalisation turns into full-size steps that differ between
+    any two summation orders.
+    """
+    data = make_image_folder(tmp_path / "data", classes=3, train=16, val=4)
+    common = ["--data", str(data), "--preset", "plain", "--epochs", "2", "--opt", "sgd", "--lr", "0.05",
+              "--workers", "0"]
+    runs = {
+        "single": (["-b", "8"], 1),
+        "ddp": (["-b", "4"], 2),
+        "accum": (["-b", "4", "--accum-steps", "2"], 1),
+    }
+    procs = {name: _start([*common, *extra, "--output", str(tmp_path / name)], tmp_path / f"{name}.log", nproc)
+             for name, (extra, nproc) in runs.items()}
+    for name, proc in procs.items():
+        _finish(proc, tmp_path / f"{name}.log")
+    weights = {name: load_file(str(tmp_path / name / "model.safetensors")) for name in runs}
+    torch.manual_seed(0)
+    init = timm.create_model("test_vit", num_classes=3).state_dict()
+    for key, value in weights["single"].items():
+        for other in ("ddp", "accum"):
+            torch.testing.assert_close(weights[other][key], value, atol=2e-5, rtol=1e-4, msg=f"{other}: {key}")
+    assert max((weights["single"][k] - init[k]).abs().max().item() for k in init) > 1e-2  # training moved them
+    single, ddp = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+    assert len(single) == len(ddp) == 12
+    np.testing.assert_allclose([float(v) for _, v in ddp], [float(v) for _, v in single], rtol=1e-4)
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_same_losses(tmp_path):
+    """Augmentation, mixup/cutmix, drop path and EMA all on; the killed run loads data in a worker process."""
+    data = make_image_folder(tmp_path / "data", classes=3, train=32, val=4)
+    common = ["--data", str(data), "--preset", "fashion-mnist", "--epochs", "2", "--warmup-epochs", "0.5",
+              "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.1", "--ema-decay", "0.9", "-b", "4",
+              "--save-every", "2"]
+    reference = _start([*common, "--workers", "0", "--output", str(tmp_path / "ref")], tmp_path / "ref.log")
+    killed_run = tmp_path / "killed"
+    victim = _start([*common, "--workers", "1", "--output", str(killed_run)], tmp_path / "killed.log")
+    deadline = time.monotonic() + 180
+    while len(_losses(killed_run) if (killed_run / "steps.csv").is_file() else []) < 7:
+        assert victim.poll() is None, "ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
+        assert time.monotonic() < deadline, "the run did not reach step 7 in time"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    latest = list_checkpoints(killed_run / "checkpoints")[-1]
+    progress = load_checkpoint(latest)["progress"]
+    assert progress["epoch"] == 0 and 0 < progress["step_in_epoch"] < 24  # really mid-epoch
+    resumed = _start([*common, "--workers", "1", "--output", str(killed_run), "--resume"], tmp_path / "resume.log")
+    _finish(resumed, tmp_path / "resume.log")
+    _finish(reference, tmp_path / "ref.log")
+    assert "resumed from" in (tmp_path / "resume.log").read_text()
+    assert _losses(killed_run) == _losses(tmp_path / "ref")  # every step, bit for bit (as printed)
+    assert len(_losses(killed_run)) == 48
+    ref_w, res_w = (load_file(str(p / "model_ema.safetensors")) for p in (tmp_path / "ref", killed_run))
+    assert all(torch.equal(ref_w[k], res_w[k]) for k in ref_w)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(tmp_path, capsys):
+    """lr 1e30: the first update scales the weights to ~1e30 and the loss of step 2 overflows to NaN."""
+    data = make_image_folder(tmp_path / "data", classes=3, train=8, val=2)
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--data", str(data), "--preset", "plain", "--epochs", "3", "-b", "4",
+                 "--workers", "0", "--lr", "1e30", "--weight-decay", "0", "--save-every", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    checkpoints = list_checkpoints(out / "checkpoints")
+    assert code == 2 and "the loss became nan at epoch 0, step 2" in err and "Training stopped" in err
+    assert f"last good checkpoint is {checkpoints[-1]}" in err and f"--resume {checkpoints[-1]}" in err
+    state = load_checkpoint(checkpoints[-1])  # intact, loadable and finite
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, capsys, monkeypatch):
+    """A step can overflow the weights while its loss was finite: the checkpoint after it is refused."""
+    original = torch.optim.AdamW.step
+
+    def overflowing_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    data = make_image_folder(tmp_path / "data", classes=3, train=8, val=2)
+    out = tmp_path / "run"
+    code = main(["train", *TINY, "--data", str(data), "--preset", "plain", "-b", "4", "--workers", "0",
+                 "--save-every", "1", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "weights became non-finite at global step 1" in err
+    assert "no checkpoint had been written yet" in err and list_checkpoints(out / "checkpoints") == []
+
+
+def test_existing_run_needs_resume(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, val=2)
+    args = ["train", *TINY, "--data", str(data), "--preset", "plain", "-b", "4", "--workers", "0",
+            "--output", str(tmp_path / "run")]
+    assert main(args) == 0
+    assert main(args) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0  # a finished run resumes to nothing
