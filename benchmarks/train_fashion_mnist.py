@@ -8,7 +8,6 @@ followed by a `fastvits validate` of the result. At the end the script writes, i
     python benchmarks/train_fashion_mnist.py                      # all three, full length (~15 min each)
     python benchmarks/train_fashion_mnist.py --only resnet        # one of them
     python benchmarks/train_fashion_mnist.py --quick              # 1 epoch on 6k images: a smoke test
-    python benchmarks/train_fashion_mnist.py --demo               # README demo: train, validate, predict
 
 An interrupted run is continued (`--resume`) when the script is started again with the same --out.
 
@@ -25,17 +24,11 @@ import sys
 import time
 from pathlib import Path
 
+from fastvits.train.fashion_mnist import SMALL_MODELS
+
 # name -> (model, constructor kwargs, extra `fastvits train` flags). All train at 32x32 (Fashion-MNIST's 28x28
-# upsampled) with the fashion-mnist preset. Sized for ~10 MMACs per image and a 15-minute budget on 2 cores:
-# FasterViT 4.1 M params, LITv2 1.6 M (its depthwise convolutions are slow on CPU, so it gets a narrower
-# configuration), resnet10t 4.9 M (22 MMACs) as the timm baseline.
-CONFIGS: dict[str, tuple[str, dict, list[str]]] = {
-    "fastervit": ("fastervit_0_any_res",
-                  {"dim": 32, "in_dim": 32, "depths": [1, 2, 3, 2], "num_heads": [2, 4, 8, 16],
-                   "window_size": [4, 4, 2, 1]}, []),
-    "litv2": ("litv2_s", {"embed_dim": 32, "depths": [1, 1, 3, 1], "num_heads": [1, 2, 4, 8]}, []),
-    "resnet": ("resnet10t", {}, []),
-}
+# upsampled) with the fashion-mnist preset; the models are fastvits.train.fashion_mnist.SMALL_MODELS.
+CONFIGS: dict[str, tuple[str, dict, list[str]]] = {name: (m, kw, []) for name, (m, kw) in SMALL_MODELS.items()}
 COMMON = ["--data", "fashion-mnist", "--epochs", "4", "-b", "128"]
 QUICK = ["--epochs", "1", "--train-samples", "6000", "--val-samples", "2000"]
 
@@ -92,37 +85,15 @@ def write_summary(rows: list[dict], out: Path) -> None:
     print("\n" + "\n".join(lines) + f"\n\nsummary: {out / 'summary.md'}, plot: {out / 'comparison.png'}")
 
 
-def demo(out: Path, extra: list[str]) -> None:
-    """The README's end-to-end demo: a short training run, its evaluation, and predictions on test images."""
-    from fastvits.train.fashion_mnist import FashionMNIST
-
-    run = out / "fastervit"
-    _fastvits(train_command("fastervit", out, ["--epochs", "1", "--train-samples", "20000", *extra]))
-    _fastvits(["validate", "--run", str(run)])
-    test = FashionMNIST("test")
-    images = []
-    for index in (0, 1, 2):
-        label = test.classes[int(test.targets[index])].replace('/', '-').replace(' ', '_')
-        path = out / f"test_{index}_{label}.png"
-        test[index][0].save(path)
-        images.append(str(path))
-    _fastvits(["predict", *images, "--run", str(run), "--topk", "3"])
-    print(f"\ndemo outputs: {run} (weights, metrics.csv/json, loss.png, accuracy.png) and the test images in {out}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(CONFIGS), help="configurations to run (default: all)")
-    parser.add_argument("--out", type=Path, help="output folder (default runs/fashion-mnist[-quick|-demo])")
+    parser.add_argument("--out", type=Path, help="output folder (default runs/fashion-mnist[-quick])")
     parser.add_argument("--quick", action="store_true", help="1 epoch on a 6k-image subset (smoke test)")
-    parser.add_argument("--demo", action="store_true", help="short FasterViT run, validate and predict")
     args, passthrough = parser.parse_known_args()  # anything else goes to `fastvits train`, e.g. --epochs 5
-    suffix = "-demo" if args.demo else "-quick" if args.quick else ""
+    suffix = "-quick" if args.quick else ""
     args.out = args.out or Path(f"runs/fashion-mnist{suffix}")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.demo:
-        demo(args.out, passthrough)
-        return
     extra = (QUICK if args.quick else []) + passthrough
     write_summary([run_config(name, args.out, extra) for name in args.only or CONFIGS], args.out)
 

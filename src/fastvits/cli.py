@@ -10,7 +10,9 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES: tuple[str, ...] = ("fastvits.bench.cli", "fastvits.downstream.cli", "fastvits.train.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "fastvits.bench.cli", "fastvits.demo", "fastvits.downstream.cli", "fastvits.train.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ from .suite import BenchSettings, bench_models
 
 __all__ = ["MODE_MODULES", "parse_size", "register", "run_models", "settings_from_args"]
 
-MODE_MODULES: tuple[str, ...] = ("fastvits.downstream.bench",)
+MODE_MODULES: tuple[str, ...] = ("fastvits.downstream.bench", "fastvits.bench.attention")
 DEFAULT_MODE = "models"
 
 

@@ -111,7 +111,7 @@ class UPerNetHead(nn.Module):
         self.ppm = PyramidPooling(in_channels[-1], channels, pool_scales)
         self.laterals = nn.ModuleList(conv_norm_act(c, channels, 1) for c in in_channels[:-1])
         self.smooth = nn.ModuleList(conv_norm_act(channels, channels) for _ in in_channels[:-1])
-        self.fuse = conv_norm_act(len(in_channels) * channels, channels)
+        self.merge = conv_norm_act(len(in_channels) * channels, channels)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -122,7 +122,7 @@ class UPerNetHead(nn.Module):
             outs.insert(0, smooth(top))
         size = outs[0].shape[-2:]
         outs = [outs[0]] + [F.interpolate(o, size=size, mode="bilinear", align_corners=False) for o in outs[1:]]
-        return self.classifier(self.fuse(torch.cat(outs, dim=1)))
+        return self.classifier(self.merge(torch.cat(outs, dim=1)))
 
 
 @dataclass

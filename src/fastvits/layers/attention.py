@@ -10,14 +10,22 @@ The global switch picks the path (`set_fused_attn`), so parity tests can run the
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["attend", "use_fused_attn", "set_fused_attn", "fused_attn", "Attention"]
+__all__ = [
+    "Attention",
+    "attend",
+    "cross_attention",
+    "fused_attn",
+    "multi_head_attention",
+    "set_fused_attn",
+    "use_fused_attn",
+]
 
 _FUSED_ATTN = os.environ.get("FASTVITS_FUSED_ATTN", "1") != "0"
 
@@ -57,8 +65,55 @@ def attend(
     return attn.softmax(dim=-1) @ v
 
 
+def multi_head_attention(
+    x: torch.Tensor,
+    qkv: nn.Linear,
+    proj: nn.Linear,
+    num_heads: int,
+    scale: float,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Self-attention of tokens x (..., N, C) through a fused q/k/v projection, `attend` and an output projection.
+
+    Leading dims (batch, windows) are kept, so a bias or mask with one entry per window broadcasts
+    against (B, nW, heads, N, N) without being repeated over the batch. The projections are arguments
+    rather than attributes so that modules of other libraries (timm's Swin `WindowAttention`) can run
+    through `attend`, and `fused_attn(False)` switches them to the plain path too.
+    """
+    *lead, N, _ = x.shape
+    L = len(lead)
+    head_dim = qkv.out_features // (3 * num_heads)
+    qkv_out = qkv(x).reshape(*lead, N, 3, num_heads, head_dim)  # (..., N, 3, h, d)
+    q, k, v = qkv_out.permute(L + 1, *range(L), L + 2, L, L + 3).unbind(0)  # 3 x (..., h, N, d); ONNX: no negative dims
+    out = attend(q, k, v, scale, bias)  # (..., h, N, d)
+    return proj(out.transpose(-3, -2).reshape(*lead, N, num_heads * head_dim))  # (..., N, C)
+
+
+def cross_attention(
+    x: torch.Tensor,
+    context: torch.Tensor,
+    q: nn.Linear,
+    kv: nn.Linear,
+    proj: nn.Linear,
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Queries from tokens x (B, N, C), keys and values from context tokens (B, M, C).
+
+    The attention of layers that shrink the key set to cut the quadratic cost: PVT's spatial reduction
+    (a strided conv of the map) and HiLo's Lo-Fi heads (an average-pooled map).
+    """
+    B, N, _ = x.shape
+    head_dim = q.out_features // num_heads
+    queries = q(x).reshape(B, N, num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+    kv_out = kv(context).reshape(B, -1, 2, num_heads, head_dim)  # (B, M, 2, h, d)
+    k, v = kv_out.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, M, d)
+    out = attend(queries, k, v, scale)  # (B, h, N, d)
+    return proj(out.transpose(1, 2).reshape(B, N, num_heads * head_dim))  # (B, N, C)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention over (B, N, C) tokens with an optional additive bias.
+    """Multi-head self-attention over (..., N, C) tokens with an optional additive bias.
 
     Key names (`qkv`, `proj`) follow the official FasterViT checkpoints.
     """
@@ -74,8 +129,4 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, B, h, N, d)
-        q, k, v = qkv.unbind(0)
-        x = attend(q, k, v, self.scale, bias)  # (B, h, N, d)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return multi_head_attention(x, self.qkv, self.proj, self.num_heads, self.scale, bias)

@@ -8,20 +8,38 @@ propagate the CTs back into the window tokens by nearest upsampling.
 
 Carrier tokens are kept window-major, shape (B, nWh * nWw * c * c, C): windows row-major over the
 window grid, then the c x c tokens of each window row-major.
+
+`HAT2d` is the whole mechanism as a 2-D layer (padding, carrier-token initialisation, HAT blocks,
+propagation); FasterViT's transformer stages are `HAT2d` plus a downsampler. The pieces
+(`CarrierTokenInit`, the layout helpers, `propagate_carrier_tokens`) also serve HAT inside other
+networks (`fastvits.hat_swin`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
+from timm.models import checkpoint
+from torch import nn
 
 from .attention import Attention
+from .attention2d import Attention2d
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding
-from .windows import window_partition, window_reverse
+from .windows import pad_nchw, window_partition, window_reverse
 
-__all__ = ["CarrierTokenInit", "HATBlock", "WindowAttention", "ct_to_raster", "ct_to_windows", "ct_pool_geometry"]
+__all__ = [
+    "CarrierTokenInit",
+    "HAT2d",
+    "HATBlock",
+    "WindowAttention",
+    "ct_pool_geometry",
+    "ct_to_raster",
+    "ct_to_windows",
+    "propagate_carrier_tokens",
+]
 
 
 def ct_to_raster(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch.Tensor:
@@ -34,7 +52,7 @@ def ct_to_raster(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch
 
 def ct_to_windows(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch.Tensor:
     """Raster-order carrier tokens (B, N, C) -> one row per window (B * nW, c*c, C)."""
-    B, N, C = ct.shape
+    B, _N, C = ct.shape
     ct = ct.view(B, grid[0] * ct_size, grid[1] * ct_size, C)  # (B, Hc, Wc, C)
     return window_partition(ct, (ct_size, ct_size))  # (B*nW, c*c, C)
 
@@ -68,6 +86,14 @@ class CarrierTokenInit(nn.Module):
         return windows.reshape(B, -1, C)  # (B, N_ct, C) window-major
 
 
+def propagate_carrier_tokens(ct: torch.Tensor, ct_size: int, window: tuple[int, int]) -> torch.Tensor:
+    """Each window's c x c carrier tokens (B*nW, c*c, C) upsampled (nearest) onto its tokens -> (B*nW, wh*ww, C)."""
+    Bw, _, C = ct.shape
+    ct_map = ct.transpose(1, 2).reshape(Bw, C, ct_size, ct_size)  # (B*nW, C, c, c)
+    up = F.interpolate(ct_map, size=window, mode="nearest")  # (B*nW, C, wh, ww)
+    return up.flatten(2).transpose(1, 2)  # (B*nW, wh*ww, C)
+
+
 class WindowAttention(Attention):
     """Attention over a token grid with a continuous relative position bias (`rel_pos`).
 
@@ -94,7 +120,8 @@ class HATBlock(nn.Module):
     """One HAT block over window tokens (B*nW, w*w, C) and window-major carrier tokens (B, N_ct, C).
 
     Without carrier tokens (`ct is None`, e.g. a single window) it is a plain window-attention block.
-    Parameter names follow the official checkpoints.
+    `mlp_ratio=0` leaves out both MLPs (window and carrier tokens): an attention-only block, for using HAT
+    as a token mixer inside blocks that bring their own MLP. Parameter names follow the official checkpoints.
     """
 
     def __init__(
@@ -119,26 +146,28 @@ class HATBlock(nn.Module):
         self.pos_embed = MlpPositionEmbedding(dim)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, hidden, act_layer=act_layer)
+        self.norm2 = nn.LayerNorm(dim) if hidden else None
+        self.mlp = Mlp(dim, hidden, act_layer=act_layer) if hidden else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.gamma3 = _layer_scale(dim, layer_scale)
-        self.gamma4 = _layer_scale(dim, layer_scale)
+        self.gamma4 = _layer_scale(dim, layer_scale) if hidden else None
         self.carrier_tokens = carrier_tokens
         if carrier_tokens:
             self.hat_norm1 = nn.LayerNorm(dim)
             self.hat_attn = WindowAttention(dim, num_heads, qkv_bias)
-            self.hat_norm2 = nn.LayerNorm(dim)
-            self.hat_mlp = Mlp(dim, hidden, act_layer=act_layer)
+            self.hat_norm2 = nn.LayerNorm(dim) if hidden else None
+            self.hat_mlp = Mlp(dim, hidden, act_layer=act_layer) if hidden else None
             self.hat_pos_embed = MlpPositionEmbedding(dim)
             self.gamma1 = _layer_scale(dim, layer_scale)
-            self.gamma2 = _layer_scale(dim, layer_scale)
+            self.gamma2 = _layer_scale(dim, layer_scale) if hidden else None
 
     def _global_ct_attention(self, ct: torch.Tensor, ct_grid: tuple[int, int]) -> torch.Tensor:
         """Carrier tokens of one image attend to each other; ct in raster order (B, N_ct, C)."""
         ct = ct + self.hat_pos_embed(ct_grid, ct.device, ct.dtype)
         ct = ct + self.drop_path(_scaled(self.hat_attn(self.hat_norm1(ct), ct_grid), self.gamma1))
-        return ct + self.drop_path(_scaled(self.hat_mlp(self.hat_norm2(ct)), self.gamma2))
+        if self.hat_mlp is not None:
+            ct = ct + self.drop_path(_scaled(self.hat_mlp(self.hat_norm2(ct)), self.gamma2))
+        return ct
 
     def forward(
         self, x: torch.Tensor, ct: torch.Tensor | None, grid: tuple[int, int]
@@ -151,13 +180,105 @@ class HATBlock(nn.Module):
             ct = self._global_ct_attention(ct_to_raster(ct, grid, c), ct_grid)
             x = torch.cat([ct_to_windows(ct, grid, c), x], dim=1)  # (B*nW, c*c + w*w, C)
         x = x + self.drop_path(_scaled(self.attn(self.norm1(x), (w, w)), self.gamma3))
-        x = x + self.drop_path(_scaled(self.mlp(self.norm2(x)), self.gamma4))
+        if self.mlp is not None:
+            x = x + self.drop_path(_scaled(self.mlp(self.norm2(x)), self.gamma4))
         if ct is None:
             return x, None
         ct_w, x = x.split([c * c, w * w], dim=1)  # (B*nW, c*c, C), (B*nW, w*w, C)
         if self.propagate:
-            Bw, _, C = ct_w.shape
-            ct_map = ct_w.transpose(1, 2).reshape(Bw, C, c, c)  # (B*nW, C, c, c)
-            up = F.interpolate(ct_map, size=(w, w), mode="nearest")  # (B*nW, C, w, w)
-            x = x + _scaled(up.flatten(2).transpose(1, 2), self.gamma1)
+            x = x + _scaled(propagate_carrier_tokens(ct_w, c, (w, w)), self.gamma1)
         return x, ct_w.reshape(ct.shape)
+
+
+class HAT2d(Attention2d):
+    """Hierarchical attention (FasterViT) over a feature map of any H x W: the 2-D layer form of HAT.
+
+    The map is zero-padded at the bottom/right to window multiples, carrier tokens are initialised from it
+    (`CarrierTokenInit`: c x c per window), the windows and their carrier tokens go through `depth` HAT
+    blocks (the carrier tokens persist from block to block), the last block optionally propagates the
+    carrier tokens back into the windows, and the map is cropped back. A map that fits in one window has
+    no other window to exchange information with: it runs without carrier tokens.
+
+    The defaults make a token mixer for other networks: one attention-only block (`mlp_ratio=0`). HAT
+    blocks are pre-norm residual blocks, so `residual` is True: use the layer as `x = layer(x)`, not
+    `x + layer(norm(x))`. FasterViT's stages are this layer with `depth` full blocks plus a downsampler.
+
+    Args:
+        dim: channels of input and output.
+        num_heads: attention heads (window and carrier-token attention).
+        window_size: side of the square windows.
+        ct_size: carrier tokens per window side.
+        depth: HAT blocks.
+        mlp_ratio: hidden width of the blocks' MLPs relative to dim; 0 for attention-only blocks.
+        qkv_bias: biases on the query/key/value projections.
+        drop_path: stochastic depth, one rate for all blocks or one per block.
+        layer_scale: initial value of the blocks' layer scales, or None for none.
+        carrier_tokens: False gives plain window-attention blocks.
+        propagate: the last block adds its carrier tokens back into the window tokens.
+        channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
+    """
+
+    native_channels_last = False
+    residual = True
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        window_size: int = 7,
+        ct_size: int = 2,
+        depth: int = 1,
+        mlp_ratio: float = 0.0,
+        qkv_bias: bool = True,
+        drop_path: float | Sequence[float] = 0.0,
+        layer_scale: float | None = None,
+        carrier_tokens: bool = True,
+        propagate: bool = True,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__(dim, channels_last)
+        rates = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
+        if len(rates) != depth:
+            raise ValueError(f"HAT2d: {len(rates)} drop_path rates for depth={depth}")
+        self.window_size = window_size
+        self.blocks = nn.ModuleList(
+            [
+                HATBlock(
+                    dim,
+                    num_heads,
+                    window_size,
+                    ct_size=ct_size,
+                    mlp_ratio=mlp_ratio,
+                    qkv_bias=qkv_bias,
+                    drop_path=rates[i],
+                    layer_scale=layer_scale,
+                    carrier_tokens=carrier_tokens,
+                    propagate=propagate and i == depth - 1,
+                )
+                for i in range(depth)
+            ]
+        )
+        self.global_tokenizer = CarrierTokenInit(dim, ct_size) if carrier_tokens else None
+        self.grad_checkpointing = False
+
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W) with channels-last strides."""
+        _, _, H, W = x.shape
+        w = self.window_size
+        x = pad_nchw(x, (w, w))  # (B, C, Hp, Wp)
+        Hp, Wp = x.shape[2:]
+        grid = (Hp // w, Wp // w)
+        ct = None
+        if self.global_tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
+            ct = self.global_tokenizer(x, grid)  # (B, N_ct, C) window-major
+        x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
+        for blk in self.blocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, ct = checkpoint(blk, x, ct, grid)
+            else:
+                x, ct = blk(x, ct, grid)
+        x = window_reverse(x, (w, w), (Hp, Wp)).permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
+        if (Hp, Wp) != (H, W):
+            x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
+        return x

@@ -12,6 +12,9 @@ is plain global multi-head self-attention (stage 4 of every LITv2 model).
 Maps whose sides are not multiples of s are zero-padded at the bottom and right (after the block's
 norm), both branches run on the padded map without masking, and the result is cropped back: the
 official dense-prediction behaviour. On divisible maps this is identical to the classification code.
+
+HiLo is one of the 2-D layers (`Attention2d`: a map in either layout, chosen by `channels_last`) and
+also takes the official (B, N, C) tokens with their H and W.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from .attention import attend
+from .attention import cross_attention, multi_head_attention
+from .attention2d import Attention2d
 from .windows import pad_nhwc, window_partition, window_reverse
 
 __all__ = ["HiLo", "hilo_head_split"]
@@ -41,7 +45,7 @@ def hilo_head_split(num_heads: int, alpha: float, window_size: int) -> tuple[int
     return lofi, num_heads - lofi
 
 
-class HiLo(nn.Module):
+class HiLo(Attention2d):
     """HiLo self-attention over a 2-D map of tokens, for any H x W.
 
     Args:
@@ -51,6 +55,7 @@ class HiLo(nn.Module):
         alpha: fraction of Lo-Fi heads (see `hilo_head_split`).
         qkv_bias: biases on the query/key/value projections (the output projections always have one).
         qk_scale: attention scale, default head_dim ** -0.5.
+        channels_last: the layout of 4-D input and output, (B, H, W, C) if True, else (B, C, H, W).
 
     Parameter names (`l_q`, `l_kv`, `l_proj`, `h_qkv`, `h_proj`) follow the official checkpoints; a group's
     layers exist only when it has at least one head. The keyword-only arguments avoid a silent mix-up
@@ -66,15 +71,15 @@ class HiLo(nn.Module):
         alpha: float = 0.5,
         qkv_bias: bool = False,
         qk_scale: float | None = None,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(dim, channels_last)
         if num_heads < 1 or dim % num_heads:
             raise ValueError(f"HiLo: dim={dim} must be a positive multiple of num_heads={num_heads}")
         if window_size < 1:
             raise ValueError(f"HiLo: window_size must be >= 1 (1 = plain global attention), got {window_size}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"HiLo: alpha is the fraction of Lo-Fi heads and must lie in [0, 1], got {alpha}")
-        self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.window_size = window_size
@@ -102,40 +107,33 @@ class HiLo(nn.Module):
         _, Hp, Wp, _ = x.shape
         s = self.window_size
         win = window_partition(x.contiguous(), (s, s))  # (B*nW, s*s, C)
-        qkv = self.h_qkv(win).reshape(-1, s * s, 3, self.hifi_heads, self.head_dim)  # (B*nW, s*s, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B*nW, h, s*s, d)
-        out = attend(q, k, v, self.scale)  # (B*nW, h, s*s, d)
-        out = out.transpose(1, 2).reshape(-1, s * s, self.hifi_dim)  # (B*nW, s*s, hifi_dim), heads head-major
-        return self.h_proj(window_reverse(out, (s, s), (Hp, Wp)))  # (B, Hp, Wp, hifi_dim)
+        out = multi_head_attention(win, self.h_qkv, self.h_proj, self.hifi_heads, self.scale)  # (B*nW, s*s, hifi_dim)
+        return window_reverse(out, (s, s), (Hp, Wp))  # (B, Hp, Wp, hifi_dim)
 
     def _lofi(self, x: torch.Tensor) -> torch.Tensor:
         """Queries everywhere, keys/values from the s x s average-pooled map -> (B, Hp, Wp, lofi_dim)."""
-        B, Hp, Wp, _ = x.shape
-        q = self.l_q(x).reshape(B, Hp * Wp, self.lofi_heads, self.head_dim).transpose(1, 2)  # (B, h, N, d)
-        kv_in = x
+        B, Hp, Wp, C = x.shape
+        tokens = x.reshape(B, Hp * Wp, C)  # (B, N, C)
+        context = tokens
         if self.window_size > 1:
             # Pool the input, then project: equal to project-then-pool, and bit-exact with the official order.
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size)  # (B, C, Hp/s, Wp/s)
-            kv_in = pooled.flatten(2).transpose(1, 2)  # (B, Nk, C)
-        kv = self.l_kv(kv_in).reshape(B, -1, 2, self.lofi_heads, self.head_dim)  # (B, Nk, 2, h, d)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, Nk, d)
-        out = attend(q, k, v, self.scale)  # (B, h, N, d)
-        return self.l_proj(out.transpose(1, 2).reshape(B, Hp, Wp, self.lofi_dim))  # (B, Hp, Wp, lofi_dim)
+            context = pooled.flatten(2).transpose(1, 2)  # (B, Nk, C)
+        out = cross_attention(tokens, context, self.l_q, self.l_kv, self.l_proj, self.lofi_heads, self.scale)
+        return out.view(B, Hp, Wp, self.lofi_dim)  # (B, Hp, Wp, lofi_dim)
 
     def forward(self, x: torch.Tensor, H: int | None = None, W: int | None = None) -> torch.Tensor:
-        """HiLo on tokens (B, N, C) in row-major (h, w) order with their H, W, or on a (B, C, H, W) map.
+        """HiLo on a map in the layer's layout, or on tokens (B, N, C) in row-major (h, w) order with their H, W.
 
         Returns the same layout as the input. For tokens, H and W may be omitted when the map is square.
         """
         if x.dim() == 4:
-            B, C, H, W = x.shape
-            if C != self.dim:
-                raise ValueError(f"HiLo(dim={self.dim}) got a (B, C, H, W) map with C={C}, shape {tuple(x.shape)}")
-            out = self._forward_tokens(x.flatten(2).transpose(1, 2), H, W)  # (B, N, C)
-            return out.transpose(1, 2).reshape(B, C, H, W)
+            return super().forward(x)
         if x.dim() != 3:
-            raise ValueError(f"HiLo expects tokens (B, N, C) or a map (B, C, H, W), got shape {tuple(x.shape)}")
-        N = x.shape[1]
+            raise ValueError(
+                f"HiLo expects tokens (B, N, C) or a map {self.layout}, got shape {tuple(x.shape)}"
+            )
+        B, N, C = x.shape
         if H is None and W is None:
             side = math.isqrt(N)
             if side * side != N:
@@ -143,16 +141,17 @@ class HiLo(nn.Module):
             H = W = side
         elif H is None or W is None:
             raise ValueError("HiLo: pass both H and W, or neither for a square map")
-        if x.shape[2] != self.dim:
-            raise ValueError(f"HiLo(dim={self.dim}) got tokens with {x.shape[2]} channels, shape {tuple(x.shape)}")
+        if C != self.dim:
+            raise ValueError(f"HiLo(dim={self.dim}) got tokens with {C} channels, shape {tuple(x.shape)}")
         if H * W != N:
             raise ValueError(f"HiLo got {N} tokens but H x W = {H} x {W} = {H * W}")
-        return self._forward_tokens(x, H, W)
+        return self.forward_map(x.reshape(B, H, W, C)).reshape(B, N, C)
 
-    def _forward_tokens(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        B, N, C = x.shape
+    def forward_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, W, C) -> (B, H, W, C)."""
+        _, H, W, _ = x.shape
         s = self.window_size
-        x = pad_nhwc(x.reshape(B, H, W, C), (s, s))  # (B, Hp, Wp, C), zeros at the bottom/right
+        x = pad_nhwc(x, (s, s))  # (B, Hp, Wp, C), zeros at the bottom/right
         if self.hifi_heads and self.lofi_heads:
             out = torch.cat([self._hifi(x), self._lofi(x)], dim=-1)  # Hi-Fi channels first
         elif self.hifi_heads:
@@ -161,4 +160,4 @@ class HiLo(nn.Module):
             out = self._lofi(x)
         if out.shape[1] != H or out.shape[2] != W:
             out = out[:, :H, :W]  # drop the padding
-        return out.reshape(B, N, C)
+        return out

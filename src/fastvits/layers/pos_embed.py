@@ -11,11 +11,18 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .cache import CachedByInput, is_exporting
 
-__all__ = ["ContinuousRelativeBias", "MlpPositionEmbedding", "relative_coords_table", "relative_position_index"]
+__all__ = [
+    "ContinuousRelativeBias",
+    "MlpPositionEmbedding",
+    "gather_relative_bias",
+    "prepend_zero_bias",
+    "relative_coords_table",
+    "relative_position_index",
+]
 
 # Expanded (heads, N, N) biases up to this many elements are cached whole; larger ones (the 21K
 # models' 48x48 windows: 16 x 2304 x 2304) keep only the compact table and gather on every call.
@@ -55,6 +62,25 @@ def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tenso
     return _relative_position_index(h, w, device) if is_exporting() else _cached_index(h, w, device)
 
 
+def gather_relative_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(heads, h*w, h*w) bias of every (query, key) pair of an h x w grid from a ((2h-1)*(2w-1), heads) table.
+
+    The table is indexed by relative offset as in Swin (`relative_position_index`), so Swin's learned
+    tables (timm's `relative_position_bias_table`) and FasterViT's MLP-generated ones share this lookup.
+    """
+    n = grid[0] * grid[1]
+    index = relative_position_index(grid[0], grid[1], table.device)
+    return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
+
+
+def prepend_zero_bias(bias: torch.Tensor, extra: int) -> torch.Tensor:
+    """(..., n, n) bias -> (..., extra + n, extra + n), the new rows and columns first and zero.
+
+    Tokens put in front of a grid's tokens (carrier tokens) have no position on the grid, so no bias.
+    """
+    return nn.functional.pad(bias, (extra, 0, extra, 0)) if extra else bias
+
+
 class ContinuousRelativeBias(CachedByInput):
     """Per-head attention bias `16 * sigmoid(MLP(log-spaced relative coordinates))` for an h x w grid.
 
@@ -74,12 +100,7 @@ class ContinuousRelativeBias(CachedByInput):
         return 16 * torch.sigmoid(self.cpb_mlp(coords))  # ((2h-1)*(2w-1), heads)
 
     def _expand(self, table: torch.Tensor, grid: tuple[int, int], seq_len: int) -> torch.Tensor:
-        n = grid[0] * grid[1]
-        index = relative_position_index(grid[0], grid[1], table.device)
-        bias = table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
-        extra = seq_len - n
-        if extra:
-            bias = nn.functional.pad(bias, (extra, 0, extra, 0))  # (heads, N, N), zero rows/cols first
+        bias = prepend_zero_bias(gather_relative_bias(table, grid), seq_len - grid[0] * grid[1])  # (heads, N, N)
         return bias.unsqueeze(0).contiguous()  # (1, heads, N, N)
 
     def forward(self, grid: tuple[int, int], seq_len: int, device: torch.device) -> torch.Tensor:

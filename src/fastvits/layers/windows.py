@@ -8,15 +8,23 @@ intermediate features line up.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pad_amount", "pad_nhwc", "pad_nchw", "window_partition", "window_reverse"]
+from .cache import is_exporting
+
+__all__ = ["pad_amount", "pad_nchw", "pad_nhwc", "shifted_window_mask", "window_partition", "window_reverse"]
 
 
 def pad_amount(size: int, multiple: int) -> int:
-    """How many rows (or columns) to add at the bottom (right) to reach a multiple of `multiple`."""
-    return (multiple - size % multiple) % multiple
+    """How many rows (or columns) to add at the bottom (right) to reach a multiple of `multiple`.
+
+    Written as ceil(size / multiple) * multiple - size: under `torch.compile(dynamic=True)` the padded size is
+    then a product (windows x window), which keeps the symbolic shapes downstream small and exact.
+    """
+    return (size + multiple - 1) // multiple * multiple - size
 
 
 def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -42,8 +50,9 @@ def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """
     B, H, W, C = x.shape
     wh, ww = window
-    x = x.view(B, H // wh, wh, W // ww, ww, C)  # (B, nH, wh, nW, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, C)  # (B*nH*nW, wh*ww, C)
+    nH, nW = H // wh, W // ww
+    x = x.view(B, nH, wh, nW, ww, C)  # (B, nH, wh, nW, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B * nH * nW, wh * ww, C)  # (B*nH*nW, wh*ww, C)
 
 
 def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -53,3 +62,36 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[i
     C = windows.shape[-1]
     x = windows.view(-1, H // wh, W // ww, wh, ww, C)  # (B, nH, nW, wh, ww, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)  # (B, H, W, C)
+
+
+def _shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
+    H, W = size
+    Hp, Wp = H + pad_amount(H, window), W + pad_amount(W, window)
+    if not shift and (Hp, Wp) == (H, W):
+        return None
+    rows = torch.arange(Hp, device=device)[:, None]  # (Hp, 1)
+    cols = torch.arange(Wp, device=device)[None, :]  # (1, Wp)
+    # Label every position of the padded map: padding is -1; real tokens are 0..3 by whether the cyclic
+    # shift wraps their row and/or column to the other side of the map.
+    label = (rows < shift).long() * 2 + (cols < shift).long()  # (Hp, Wp)
+    label = label.masked_fill((rows >= H) | (cols >= W), -1)
+    label = torch.roll(label, (-shift, -shift), dims=(0, 1))
+    windows = window_partition(label[None, :, :, None], (window, window)).squeeze(-1)  # (nW, w*w)
+    different = windows[:, :, None] != windows[:, None, :]  # (nW, w*w, w*w)
+    return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
+
+
+_cached_mask = functools.lru_cache(maxsize=32)(_shifted_window_mask)
+
+
+def shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
+    """(nW, w*w, w*w) additive mask (0 or -inf) for window attention on an H x W map, or None if nothing is masked.
+
+    The map is zero-padded at the bottom/right to window multiples, then cyclically shifted up and left by
+    `shift` (Swin's shifted windows). A token attends only to tokens of its own region: the rows and
+    columns the shift wrapped around are cut off from the others, as in Swin, and padding is cut off
+    from real tokens, so the output on real tokens does not depend on the padding. Every token keeps at
+    least itself, so no row of the mask is all -inf.
+    """
+    args = ((int(size[0]), int(size[1])), int(window), int(shift), device)
+    return _shifted_window_mask(*args) if is_exporting() else _cached_mask(*args)

@@ -20,11 +20,11 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.models import checkpoint, generate_default_cfgs
 
 from ..checkpoint import CheckpointError, register_checkpoint_filter
-from ..layers import CarrierTokenInit, HATBlock, pad_nchw, window_partition, window_reverse
+from ..fuse import fold_bn_into_weights, fold_conv_bn_sequence, scale_output_channels
+from ..layers import HAT2d
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]
-
 
 
 class ConvBlock(nn.Module):
@@ -45,6 +45,16 @@ class ConvBlock(nn.Module):
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
+
+    def fuse(self) -> ConvBlock:
+        """Fold both BatchNorms and the layer scale into the convs (eval only; see `fastvits.fuse`)."""
+        self.conv1.weight, self.conv1.bias = fold_bn_into_weights(self.conv1.weight, self.conv1.bias, self.norm1)
+        self.conv2.weight, self.conv2.bias = fold_bn_into_weights(self.conv2.weight, self.conv2.bias, self.norm2)
+        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
+        if self.gamma is not None:
+            scale_output_channels(self.conv2, self.gamma.detach())
+            self.gamma = None
+        return self
 
 
 class Downsample(nn.Module):
@@ -76,6 +86,11 @@ class Stem(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_down(x)
 
+    def fuse(self) -> Stem:
+        """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
+        self.conv_down = fold_conv_bn_sequence(self.conv_down)
+        return self
+
 
 class ConvStage(nn.Module):
     def __init__(
@@ -93,8 +108,8 @@ class ConvStage(nn.Module):
         return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 
-class HATStage(nn.Module):
-    """Transformer stage: window partition with optional carrier tokens, HAT blocks, reverse, downsample."""
+class HATStage(HAT2d):
+    """Transformer stage: `HAT2d` (padding, carrier tokens, HAT blocks, propagation), then the downsample."""
 
     def __init__(
         self,
@@ -110,47 +125,23 @@ class HATStage(nn.Module):
         do_propagation: bool,
         downsample: bool,
     ) -> None:
-        super().__init__()
-        self.window_size = window_size
-        self.blocks = nn.ModuleList(
-            [
-                HATBlock(
-                    dim,
-                    num_heads,
-                    window_size,
-                    ct_size=ct_size,
-                    mlp_ratio=mlp_ratio,
-                    drop_path=drop_path[i],
-                    layer_scale=layer_scale,
-                    carrier_tokens=hat,
-                    propagate=do_propagation and i == depth - 1,
-                )
-                for i in range(depth)
-            ]
+        super().__init__(
+            dim,
+            num_heads,
+            window_size=window_size,
+            ct_size=ct_size,
+            depth=depth,
+            mlp_ratio=mlp_ratio,
+            drop_path=drop_path,
+            layer_scale=layer_scale,
+            carrier_tokens=hat,
+            propagate=do_propagation,
         )
         self.downsample = Downsample(dim) if downsample else None
-        self.global_tokenizer = CarrierTokenInit(dim, ct_size) if hat else None
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """x: (B, C, H, W) -> (stage output before the downsample, after it)."""
-        B, C, H, W = x.shape
-        w = self.window_size
-        x = pad_nchw(x, (w, w))
-        Hp, Wp = x.shape[2:]
-        grid = (Hp // w, Wp // w)
-        ct = None
-        if self.global_tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
-            ct = self.global_tokenizer(x, grid)  # (B, N_ct, C) window-major
-        x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, ct = checkpoint(blk, x, ct, grid)
-            else:
-                x, ct = blk(x, ct, grid)
-        x = window_reverse(x, (w, w), (Hp, Wp)).permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
-        if (Hp, Wp) != (H, W):
-            x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
+        x = self.forward_map(x)
         return x, (self.downsample(x) if downsample and self.downsample is not None else x)
 
 

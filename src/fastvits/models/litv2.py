@@ -30,6 +30,7 @@ from torch.utils import flop_counter
 from torchvision.ops import deform_conv2d
 
 from ..checkpoint import register_checkpoint_filter
+from ..fuse import fold_bn_into_weights
 from ..layers import HiLo, pad_nchw
 from ._common import StagedModel, base_cfg, register_variants
 
@@ -125,7 +126,9 @@ class LITBlock(nn.Module):
         super().__init__()
         if window_size > 0:
             self.norm1 = nn.LayerNorm(dim, eps=1e-5)
-            self.attn = HiLo(dim, num_heads, window_size=window_size, alpha=alpha, qkv_bias=qkv_bias)
+            self.attn = HiLo(
+                dim, num_heads, window_size=window_size, alpha=alpha, qkv_bias=qkv_bias, channels_last=True
+            )
         else:
             self.norm1 = self.attn = None
         self.norm2 = nn.LayerNorm(dim, eps=1e-5)
@@ -135,7 +138,9 @@ class LITBlock(nn.Module):
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
         """x: (B, H*W, C) tokens."""
         if self.attn is not None:
-            x = x + self.drop_path(self.attn(self.norm1(x), H, W))
+            B, N, C = x.shape
+            y = self.attn(self.norm1(x).view(B, H, W, C))  # tokens as a (B, H, W, C) map, HiLo's native layout
+            x = x + self.drop_path(y.reshape(B, N, C))
         return x + self.drop_path(self.mlp(self.norm2(x), H, W))
 
 
@@ -181,6 +186,16 @@ class DeformableTokenMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # NCHW-contiguous input: channels-last strides change the convs by ulps, which bilinear sampling amplifies.
         return self.act(self.norm(self.dconv(x.contiguous())))
+
+    def fuse(self) -> DeformableTokenMerging:
+        """Fold the BatchNorm into the deformable conv's weight and bias (eval only; see `fastvits.fuse`).
+
+        The sampling offsets come from the input alone, and the deformable conv is linear in its weight, so
+        the per-channel affine BatchNorm moves into it exactly.
+        """
+        self.dconv.weight, self.dconv.bias = fold_bn_into_weights(self.dconv.weight, self.dconv.bias, self.norm)
+        self.norm = nn.Identity()
+        return self
 
 
 class LITStage(nn.Module):

@@ -1,0 +1,63 @@
+"""Inference-time folding: BatchNorm (and a following layer scale) merged into the preceding convolution.
+
+In eval mode a BatchNorm is a per-channel affine map, so it can be absorbed into the weights and bias of the
+convolution in front of it; the model then skips one full read and write of every conv-stage feature map.
+Modules that can fold expose `fuse()` (timm's convention: it returns the module to put in their place), so
+`timm.utils.reparameterize_model` and `fastvits bench --backend eager+reparam` fold fastvits models too.
+
+A folded model is for inference only: its BatchNorms are gone, so training it or loading a checkpoint
+into it is refused by the missing keys. Fold a copy with `optimize_for_inference`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TypeVar
+
+import torch
+from timm.utils.model import reparameterize_model
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+
+__all__ = ["fold_bn_into_weights", "fold_conv_bn_sequence", "optimize_for_inference", "scale_output_channels"]
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def fold_bn_into_weights(
+    weight: torch.Tensor, bias: torch.Tensor | None, bn: nn.BatchNorm2d
+) -> tuple[nn.Parameter, nn.Parameter]:
+    """Weight (C_out, ...) and bias of a linear map followed by `bn` in eval mode, as one map."""
+    if bn.training:
+        raise RuntimeError("BatchNorm folding uses the running statistics: call .eval() before fuse()")
+    return fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+
+
+def scale_output_channels(conv: nn.Conv2d, scale: torch.Tensor) -> nn.Conv2d:
+    """`conv` whose outputs are multiplied by the per-channel `scale` (C_out,): a layer scale folded in."""
+    with torch.no_grad():
+        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))  # (C_out, 1, 1, 1)
+        if conv.bias is not None:
+            conv.bias.mul_(scale)
+    return conv
+
+
+def fold_conv_bn_sequence(seq: nn.Sequential) -> nn.Sequential:
+    """`seq` with every Conv2d immediately followed by a BatchNorm2d replaced by one folded Conv2d."""
+    layers: list[nn.Module] = []
+    for module in seq:
+        if isinstance(module, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
+            if module.training:
+                raise RuntimeError("BatchNorm folding uses the running statistics: call .eval() before fuse()")
+            layers[-1] = fuse_conv_bn_eval(layers[-1], module)
+        else:
+            layers.append(module)
+    return nn.Sequential(*layers)
+
+
+def optimize_for_inference(model: M) -> M:
+    """An eval-mode copy of `model` with every foldable BatchNorm folded; `model` itself is not changed.
+
+    The result computes the same function up to float rounding (tested against the unfolded model).
+    """
+    return reparameterize_model(copy.deepcopy(model).eval(), inplace=True)

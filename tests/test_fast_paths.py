@@ -1,0 +1,91 @@
+"""Every inference fast path computes what the plain model computes.
+
+Fused attention (SDPA) and the cached position biases are covered by the `attn_path` fixture and
+test_fastervit_dynamic.py; this file covers BatchNorm folding and `torch.compile` graphs.
+"""
+
+import pytest
+import timm
+import torch
+from helpers import small_model
+from torch import nn
+
+import fastvits
+
+MODELS = {
+    "fastervit_0_any_res": dict(),
+    "fastervit_4_224": dict(layer_scale_conv=0.5),  # conv-block layer scale folds into conv2 as well
+    "litv2_s": dict(),
+}
+
+
+def randomize_batchnorms(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine parameters, so that folding has something to fold."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.normal_(1, 0.3)
+            m.bias.data.normal_(0, 0.3)
+    return model
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_optimize_for_inference_matches_plain_model(name, attn_path):
+    model = randomize_batchnorms(small_model(name, **MODELS[name])).eval()
+    before = count_batchnorms(model)
+    fast = fastvits.optimize_for_inference(model)
+    # FasterViT keeps its final BatchNorm (forward_features returns it); everything after a conv is folded
+    assert count_batchnorms(fast) == (1 if name.startswith("fastervit") else 0) < before
+    assert count_batchnorms(model) == before  # the original is untouched
+    for size in [(64, 64), (72, 100)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_timm_reparameterize_folds_fastvits_models():
+    """`timm.utils.reparameterize_model` (what `fastvits bench +reparam` uses) finds our fuse() methods."""
+    model = randomize_batchnorms(small_model("fastervit_0_224")).eval()
+    fused = timm.utils.reparameterize_model(model)
+    assert count_batchnorms(fused) == 1
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_folding_a_training_model_is_refused():
+    model = small_model("fastervit_0_224").train()
+    with pytest.raises(RuntimeError, match=r"call \.eval\(\)"):
+        timm.utils.reparameterize_model(model)
+
+
+@pytest.mark.parametrize(("name", "dynamic"), [("fastervit_0_any_res", False), ("litv2_s", True)])
+def test_compile_fullgraph(name, dynamic, attn_path):
+    """The whole model is one graph without breaks, for square, non-square and non-divisible inputs.
+
+    LITv2 compiles once with dynamic shapes for all sizes. FasterViT compiles per input size: with
+    `dynamic=True` PyTorch's symbolic-shape simplifier stalls on the carrier-token geometry (docs/benchmarks.md).
+    """
+    torch._dynamo.reset()
+    model = small_model(name).eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic, backend="eager")
+    with torch.no_grad():
+        for size in [(64, 64), (96, 128), (72, 100)]:
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_inductor_matches_eager():
+    torch._dynamo.reset()
+    model = fastvits.optimize_for_inference(small_model("fastervit_0_any_res"))
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        for size in [(64, 64), (96, 128)]:
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
