@@ -15,6 +15,8 @@ import json
 import shlex
 from pathlib import Path
 
+import torch
+
 from .train.fashion_mnist import SMALL_MODELS, FashionMNIST
 
 __all__ = ["register", "run_demo"]
@@ -46,6 +48,7 @@ def save_test_images(out: Path, indices: tuple[int, ...] = (0, 1, 2)) -> list[st
 
 def run_demo(out: Path, train_samples: int = 20000, batch_size: int = 128, bench: bool = True) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()  # training sets its own share of the cores; the bench gets them all back
     run = out / "fastervit"
     model, kwargs = SMALL_MODELS["fastervit"]
     train = ["train", "--model", model, "--model-kwargs", json.dumps(kwargs, separators=(",", ":")),
@@ -55,8 +58,8 @@ def run_demo(out: Path, train_samples: int = 20000, batch_size: int = 128, bench
     _fastvits(["validate", "--run", str(run), "--results-file", str(out / "validate.json")])
     _fastvits(["predict", *save_test_images(out), "--run", str(run), "--topk", "3"])
     if bench:
-        _fastvits(["bench", *BENCH_MODELS, "-b", "1", "32", "--rounds", "3", "--out", str(out / "bench"),
-                   "--name", "speed"])
+        _fastvits(["bench", *BENCH_MODELS, "-b", "1", "32", "--rounds", "3", "--threads", str(threads),
+                   "--out", str(out / "bench"), "--name", "speed"])
     print(f"\nfastvits demo: outputs in {out}/\n"
           f"  {run}/  weights (safetensors), checkpoints, metrics.csv/json, loss.png, accuracy.png\n"
           f"  {out}/validate.json  test-set metrics;  {out}/test_*.png  the images predicted above\n"
