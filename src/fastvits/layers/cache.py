@@ -9,12 +9,15 @@ compute in-graph, so exported graphs carry the computation rather than a stale c
 
 from __future__ import annotations
 
-from typing import Callable, Hashable
+import functools
+from typing import Callable, Hashable, TypeVar
 
 import torch
 import torch.nn as nn
 
-__all__ = ["CachedByInput", "is_exporting"]
+__all__ = ["CachedByInput", "cached_constant", "is_exporting"]
+
+F = TypeVar("F", bound=Callable[..., torch.Tensor | None])
 
 
 def is_exporting() -> bool:
@@ -25,6 +28,29 @@ def is_exporting() -> bool:
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
     )
+
+
+def cached_constant(maxsize: int) -> Callable[[F], F]:
+    """Memoise a tensor factory of hashable arguments (index tables, masks) that depends on nothing else.
+
+    The tensors are built outside inference mode, so a table first made under `torch.inference_mode()`
+    can still be used later in a computation that autograd records. While a graph is being captured the
+    factory runs in-graph instead of returning a cached constant.
+    """
+
+    def wrap(fn: F) -> F:
+        @functools.lru_cache(maxsize=maxsize)
+        def build(*args):
+            with torch.inference_mode(False):
+                return fn(*args)
+
+        @functools.wraps(fn)
+        def call(*args):
+            return fn(*args) if is_exporting() else build(*args)
+
+        return call  # type: ignore[return-value]
+
+    return wrap
 
 
 def _autocast_state() -> tuple:

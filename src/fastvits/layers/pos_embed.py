@@ -8,12 +8,10 @@ code has no rectangular case).
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 
-from .cache import CachedByInput, is_exporting
+from .cache import CachedByInput, cached_constant
 
 __all__ = [
     "ContinuousRelativeBias",
@@ -29,7 +27,8 @@ __all__ = [
 FULL_BIAS_CACHE_LIMIT = 1 << 20
 
 
-def _relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
+@cached_constant(maxsize=64)
+def relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
     """((2h-1) * (2w-1), 2) log-spaced relative coordinates (row offset, column offset)."""
     dh = torch.arange(-(h - 1), h, dtype=torch.float32, device=device)
     dw = torch.arange(-(w - 1), w, dtype=torch.float32, device=device)
@@ -41,25 +40,14 @@ def _relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor
     return table.reshape(-1, 2)
 
 
-def _relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
+@cached_constant(maxsize=64)
+def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
     """(h*w, h*w) index into the coordinate table for every (query, key) pair, row-major tokens."""
     coords = torch.stack(
         torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ).flatten(1)  # (2, h*w)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)  # (h*w, h*w, 2)
     return (rel[..., 0] + h - 1) * (2 * w - 1) + (rel[..., 1] + w - 1)
-
-
-_cached_table = functools.lru_cache(maxsize=64)(_relative_coords_table)
-_cached_index = functools.lru_cache(maxsize=64)(_relative_position_index)
-
-
-def relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
-    return _relative_coords_table(h, w, device) if is_exporting() else _cached_table(h, w, device)
-
-
-def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
-    return _relative_position_index(h, w, device) if is_exporting() else _cached_index(h, w, device)
 
 
 def gather_relative_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

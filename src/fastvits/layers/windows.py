@@ -8,12 +8,10 @@ intermediate features line up.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from .cache import is_exporting
+from .cache import cached_constant
 
 __all__ = ["pad_amount", "pad_nchw", "pad_nhwc", "shifted_window_mask", "window_partition", "window_reverse"]
 
@@ -64,6 +62,7 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[i
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)  # (B, H, W, C)
 
 
+@cached_constant(maxsize=32)
 def _shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
     H, W = size
     Hp, Wp = H + pad_amount(H, window), W + pad_amount(W, window)
@@ -81,9 +80,6 @@ def _shifted_window_mask(size: tuple[int, int], window: int, shift: int, device:
     return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
 
 
-_cached_mask = functools.lru_cache(maxsize=32)(_shifted_window_mask)
-
-
 def shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
     """(nW, w*w, w*w) additive mask (0 or -inf) for window attention on an H x W map, or None if nothing is masked.
 
@@ -94,4 +90,4 @@ def shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: 
     least itself, so no row of the mask is all -inf.
     """
     args = ((int(size[0]), int(size[1])), int(window), int(shift), device)
-    return _shifted_window_mask(*args) if is_exporting() else _cached_mask(*args)
+    return _shifted_window_mask(*args)
