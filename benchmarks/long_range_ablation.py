@@ -13,8 +13,10 @@ Model: the same tiny backbone for every variant: a 4 x 4 patch-embedding conv wi
 embedding, `--depth` pre-norm blocks (attention layer from `fastvits.layers.create_attention2d`, then an
 MLP), a final LayerNorm, mean pooling and a linear classifier. Only the attention layer changes:
 - window: Swin window attention, window 2, no shift (window-only: no path between windows);
-- hat: HAT (FasterViT), window 2, one carrier token per window, attention-only HAT block. HAT blocks are
+- hat: HAT (FasterViT), window 2, one carrier token per window, attention-only HAT block (the layer's
+  defaults: no absolute position MLPs, the network has its own position embedding). HAT blocks are
   residual, so the block uses it as `x = hat(x)` instead of `x + attn(norm(x))`;
+- hat_pos_mlp (optional): the same with FasterViT's absolute position MLPs in every block (`pos_embed=True`);
 - hilo: HiLo (LITv2), window 2, alpha 0.9;
 - global: global multi-head attention;
 - sra (optional): PVT spatial-reduction attention, sr_ratio 2.
@@ -48,6 +50,7 @@ from fastvits.layers import create_attention2d
 VARIANTS: dict[str, tuple[str, dict]] = {
     "window": ("window", {"window_size": 2}),
     "hat": ("hat", {"window_size": 2, "ct_size": 1}),
+    "hat_pos_mlp": ("hat", {"window_size": 2, "ct_size": 1, "pos_embed": True}),
     "hilo": ("hilo", {"window_size": 2, "alpha": 0.9}),
     "global": ("global", {}),
     "sra": ("sra", {"sr_ratio": 2}),

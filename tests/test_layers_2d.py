@@ -170,9 +170,10 @@ def test_sra_pads_before_reducing():
 def test_hat_layer_is_attention_only_by_default():
     layer = HAT2d(16, 4)
     assert len(layer.blocks) == 1 and layer.blocks[0].mlp is None and layer.blocks[0].hat_mlp is None
-    assert layer.blocks[0].propagate
-    full = HAT2d(16, 4, depth=3, mlp_ratio=4.0)
+    assert layer.blocks[0].propagate and layer.blocks[0].pos_embed is None and layer.blocks[0].hat_pos_embed is None
+    full = HAT2d(16, 4, depth=3, mlp_ratio=4.0, pos_embed=True)
     assert [b.propagate for b in full.blocks] == [False, False, True] and full.blocks[0].mlp is not None
+    assert all(b.pos_embed is not None and b.hat_pos_embed is not None for b in full.blocks)
 
 
 def test_hat_carrier_tokens_carry_information_across_windows():

@@ -10,7 +10,8 @@ timm `SwinTransformer` so that, in the chosen stages, every block's window atten
    scale `gamma`. This attention reuses the block's own q/k/v and output projections, with FasterViT's
    continuous relative position bias over the carrier-token grid: the carrier tokens start in the
    feature space of the block's tokens (window means), and the conversion adds no projections, so
-   Swin-T + HAT has 0.1% more parameters than Swin-T (separate projections would add 37%);
+   Swin-T + HAT (stages 2 and 3) has 0.45% more parameters than Swin-T (separate q/k/v and output
+   projections would add 8.3 M, 29%);
 3. each window attends over [its carrier tokens; its tokens] with Swin's own q/k/v and output projections
    and relative position bias (carrier tokens get no position bias and are exempt from the shift mask),
    plus a learned per-head logit offset `key_bias` on the carrier-token keys;

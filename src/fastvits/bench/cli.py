@@ -3,7 +3,7 @@
 MODE picks what is measured; `models` (throughput, latency, memory, GMACs of whole models) is the
 default, so `fastvits bench NAME ...` is `fastvits bench models NAME ...`. Further modes register
 themselves like the top-level commands do: a module listed in `MODE_MODULES` exposes
-`register(modes)` and adds its parser to `modes` (e.g. `fastvits bench attention`, issue 5).
+`register(modes)` and adds its parser to `modes` (`fastvits bench detection`, `fastvits bench attention`).
 Options follow the mode and model names.
 
 Examples:

@@ -121,7 +121,9 @@ class HATBlock(nn.Module):
 
     Without carrier tokens (`ct is None`, e.g. a single window) it is a plain window-attention block.
     `mlp_ratio=0` leaves out both MLPs (window and carrier tokens): an attention-only block, for using HAT
-    as a token mixer inside blocks that bring their own MLP. Parameter names follow the official checkpoints.
+    as a token mixer inside blocks that bring their own MLP. `pos_embed=False` leaves out FasterViT's absolute
+    position MLPs (added to the window tokens and to the carrier tokens in every block), for host networks that
+    bring their own position encoding. Parameter names follow the official checkpoints.
     """
 
     def __init__(
@@ -136,6 +138,7 @@ class HATBlock(nn.Module):
         layer_scale: float | None = None,
         carrier_tokens: bool = True,
         propagate: bool = False,
+        pos_embed: bool = True,
         act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
@@ -143,7 +146,7 @@ class HATBlock(nn.Module):
         self.ct_size = ct_size
         self.propagate = propagate
         hidden = int(dim * mlp_ratio)
-        self.pos_embed = MlpPositionEmbedding(dim)
+        self.pos_embed = MlpPositionEmbedding(dim) if pos_embed else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn = WindowAttention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim) if hidden else None
@@ -157,13 +160,14 @@ class HATBlock(nn.Module):
             self.hat_attn = WindowAttention(dim, num_heads, qkv_bias)
             self.hat_norm2 = nn.LayerNorm(dim) if hidden else None
             self.hat_mlp = Mlp(dim, hidden, act_layer=act_layer) if hidden else None
-            self.hat_pos_embed = MlpPositionEmbedding(dim)
+            self.hat_pos_embed = MlpPositionEmbedding(dim) if pos_embed else None
             self.gamma1 = _layer_scale(dim, layer_scale)
             self.gamma2 = _layer_scale(dim, layer_scale) if hidden else None
 
     def _global_ct_attention(self, ct: torch.Tensor, ct_grid: tuple[int, int]) -> torch.Tensor:
         """Carrier tokens of one image attend to each other; ct in raster order (B, N_ct, C)."""
-        ct = ct + self.hat_pos_embed(ct_grid, ct.device, ct.dtype)
+        if self.hat_pos_embed is not None:
+            ct = ct + self.hat_pos_embed(ct_grid, ct.device, ct.dtype)
         ct = ct + self.drop_path(_scaled(self.hat_attn(self.hat_norm1(ct), ct_grid), self.gamma1))
         if self.hat_mlp is not None:
             ct = ct + self.drop_path(_scaled(self.hat_mlp(self.hat_norm2(ct)), self.gamma2))
@@ -174,7 +178,8 @@ class HATBlock(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B*nW, w*w, C) windows; ct: (B, N_ct, C) window-major or None; grid: (nWh, nWw)."""
         w, c = self.window_size, self.ct_size
-        x = x + self.pos_embed((w, w), x.device, x.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed((w, w), x.device, x.dtype)
         if ct is not None:
             ct_grid = (grid[0] * c, grid[1] * c)
             ct = self._global_ct_attention(ct_to_raster(ct, grid, c), ct_grid)
@@ -199,7 +204,10 @@ class HAT2d(Attention2d):
     carrier tokens back into the windows, and the map is cropped back. A map that fits in one window has
     no other window to exchange information with: it runs without carrier tokens.
 
-    The defaults make a token mixer for other networks: one attention-only block (`mlp_ratio=0`). HAT
+    The defaults make a token mixer for other networks: one attention-only block (`mlp_ratio=0`) without
+    FasterViT's absolute position MLPs (`pos_embed=False`: the host network brings its own position
+    encoding; in the long-range ablation of docs/attention.md these MLPs, re-added in every block, kept a
+    small network from learning anything across windows). HAT
     blocks are pre-norm residual blocks, so `residual` is True: use the layer as `x = layer(x)`, not
     `x + layer(norm(x))`. FasterViT's stages are this layer with `depth` full blocks plus a downsampler.
 
@@ -215,6 +223,7 @@ class HAT2d(Attention2d):
         layer_scale: initial value of the blocks' layer scales, or None for none.
         carrier_tokens: False gives plain window-attention blocks.
         propagate: the last block adds its carrier tokens back into the window tokens.
+        pos_embed: FasterViT's absolute position MLPs in every block (window and carrier tokens).
         channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
     """
 
@@ -235,6 +244,7 @@ class HAT2d(Attention2d):
         layer_scale: float | None = None,
         carrier_tokens: bool = True,
         propagate: bool = True,
+        pos_embed: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
@@ -255,6 +265,7 @@ class HAT2d(Attention2d):
                     layer_scale=layer_scale,
                     carrier_tokens=carrier_tokens,
                     propagate=propagate and i == depth - 1,
+                    pos_embed=pos_embed,
                 )
                 for i in range(depth)
             ]

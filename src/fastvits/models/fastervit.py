@@ -136,6 +136,7 @@ class HATStage(HAT2d):
             layer_scale=layer_scale,
             carrier_tokens=hat,
             propagate=do_propagation,
+            pos_embed=True,
         )
         self.downsample = Downsample(dim) if downsample else None
 
