@@ -32,7 +32,9 @@ from fastvits.train.fashion_mnist import SMALL_MODELS
 # the budget; at the preset's lr (2e-3 per 128 images) its test accuracy swung by up to 10 points between epochs, so
 # it gets half; and it underfits (89.5% after 8 epochs with the preset's drop path and 70-100% crops), so it gets
 # neither (90.6%, docs/training.md).
-EXTRA_FLAGS: dict[str, list[str]] = {"litv2": ["--epochs", "8", "--lr-base", "1e-3", "--drop-path", "0", "--scale", "0.85", "1.0"]}
+EXTRA_FLAGS: dict[str, list[str]] = {
+    "litv2": ["--epochs", "8", "--lr-base", "1e-3", "--drop-path", "0", "--scale", "0.85", "1.0"],
+}
 CONFIGS: dict[str, tuple[str, dict, list[str]]] = {
     name: (m, kw, EXTRA_FLAGS.get(name, [])) for name, (m, kw) in SMALL_MODELS.items()
 }

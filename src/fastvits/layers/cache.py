@@ -17,7 +17,7 @@ import torch.nn as nn
 
 __all__ = ["CachedByInput", "cached_constant", "is_exporting"]
 
-F = TypeVar("F", bound=Callable[..., torch.Tensor | None])
+Factory = TypeVar("Factory", bound=Callable[..., torch.Tensor | None])
 
 
 def is_exporting() -> bool:
@@ -30,7 +30,7 @@ def is_exporting() -> bool:
     )
 
 
-def cached_constant(maxsize: int) -> Callable[[F], F]:
+def cached_constant(maxsize: int) -> Callable[[Factory], Factory]:
     """Memoise a tensor factory of hashable arguments (index tables, masks) that depends on nothing else.
 
     The tensors are built outside inference mode, so a table first made under `torch.inference_mode()`
@@ -38,7 +38,7 @@ def cached_constant(maxsize: int) -> Callable[[F], F]:
     factory runs in-graph instead of returning a cached constant.
     """
 
-    def wrap(fn: F) -> F:
+    def wrap(fn: Factory) -> Factory:
         @functools.lru_cache(maxsize=maxsize)
         def build(*args):
             with torch.inference_mode(False):
