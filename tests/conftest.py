@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from fastvits.layers import fused_attn
+from fastvits.layers import fused_attn, fused_kernels
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "fused"])
 def attn_path(request):
-    """Run a test with the plain (official op order) and the fused attention path."""
-    with fused_attn(request.param):
+    """Run a test with the plain path (official op order) and with the fused attention and CPU kernels."""
+    with fused_attn(request.param), fused_kernels(request.param):
         yield request.param
 
 

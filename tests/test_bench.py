@@ -229,3 +229,17 @@ def test_onnxruntime_backend_matches_eager(tmp_path):
 def test_compile_backend_matches_eager(tmp_path):
     rows, _ = _bench(tmp_path, "--img-size", "64", "--backend", "eager", "compile", "--no-memory")
     assert float(rows[1]["max_abs_diff"]) < 1e-4
+
+
+def test_gmacs_count_the_work_of_fused_kernels():
+    """The FLOP counter does not see oneDNN's fused kernels; the count must still be the model's full work."""
+    from fastvits.bench.suite import gmacs_and_params
+    from fastvits.layers import fused_kernels
+    from helpers import small_model
+
+    model = small_model("fastervit_0_224").eval()
+    gmacs, _ = gmacs_and_params(model, (64, 64), torch.device("cpu"))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(), fused_kernels(False):
+        plain = measure.count_gmacs(lambda: model(x), 1)
+    assert gmacs == pytest.approx(plain) and gmacs > 0

@@ -1,7 +1,7 @@
 """Every inference fast path computes what the plain model computes.
 
 Fused attention (SDPA) and the cached position biases are covered by the `attn_path` fixture and
-test_fastervit_dynamic.py; this file covers BatchNorm folding and `torch.compile` graphs.
+test_fastervit_dynamic.py; this file covers the fused CPU kernels, BatchNorm folding and `torch.compile` graphs.
 """
 
 import pytest
@@ -32,6 +32,61 @@ def randomize_batchnorms(model: nn.Module) -> nn.Module:
 
 def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def _stage0(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
+
+
+@pytest.mark.parametrize("name", ["fastervit_0_any_res", "fastervit_4_224"])
+def test_fused_kernels_match_plain_path(name):
+    """Eval-mode CPU inference runs the conv stages as fused oneDNN kernels on channels-last maps (BatchNorm and
+    layer scale folded, GELU/ReLU and the residual add fused) and the MLPs' fc1 + GELU as one kernel."""
+    model = randomize_batchnorms(small_model(name, **MODELS[name])).eval()
+    for size in [(64, 64), (72, 100)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad(), fastvits.layers.fused_kernels(False):
+            plain, plain_map = model(x), _stage0(model, x)
+        with torch.no_grad():
+            fused, fused_map = model(x), _stage0(model, x)
+        torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(fused_map, plain_map, atol=1e-5, rtol=1e-5)
+        # the fused path really ran: its maps are channels-last, the plain path's are not
+        assert fused_map.is_contiguous(memory_format=torch.channels_last)
+        assert not plain_map.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fused_kernels_follow_weight_changes():
+    """The folded weights are cached; changing a BatchNorm statistic or a conv weight in place refreshes them."""
+    model = randomize_batchnorms(small_model("fastervit_0_any_res")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    block = model.levels[0].blocks[0]
+    with torch.no_grad():
+        for change in (lambda: block.norm1.running_var.mul_(3.0), lambda: block.conv2.weight.mul_(-1.0)):
+            before = model(x)
+            change()
+            after = model(x)
+            with fastvits.layers.fused_kernels(False):
+                plain = model(x)
+            assert not torch.allclose(after, before, atol=1e-3)
+            torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
+
+
+def test_training_and_autograd_take_the_plain_path():
+    """With autograd on, or in training mode, the output is bit-for-bit the plain path's."""
+    model = randomize_batchnorms(small_model("fastervit_0_any_res")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.requires_grad
+    with fastvits.layers.fused_kernels(False):
+        assert torch.equal(out, model(x))
+    model.train()
+    with torch.no_grad():  # training-mode BatchNorm uses batch statistics: never folded
+        torch.manual_seed(1)
+        train_out = model(x)
+        with fastvits.layers.fused_kernels(False):
+            torch.manual_seed(1)
+            assert torch.equal(train_out, model(x))
 
 
 @pytest.mark.parametrize("name", list(MODELS))

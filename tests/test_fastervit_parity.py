@@ -62,10 +62,10 @@ def test_fixture_parity(name, tmp_path, attn_path):
 
 @pytest.mark.parametrize("name", ["tiny_nols", "tiny_anyres_sqgrid"])
 def test_fixture_same_rounding(name, tmp_path):
-    """With the plain attention path the op order is the official one: equal up to BLAS kernel rounding."""
+    """With the plain path the op order is the official one: equal up to BLAS kernel rounding."""
     meta, t = load_fixture("fastervit", name)
     model = fastvits.load_checkpoint(build(meta), fixture_checkpoint(t, tmp_path / "official.safetensors"))
-    with fastvits.layers.fused_attn(False):
+    with fastvits.layers.fused_attn(False), fastvits.layers.fused_kernels(False):
         logits, _ = run_with_features(model, t["inputs.x"])
     assert_same_rounding(logits, t["outputs.logits"])
 

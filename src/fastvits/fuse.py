@@ -19,7 +19,7 @@ from timm.utils.model import reparameterize_model
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
 
-__all__ = ["fold_bn_into_weights", "fold_conv_bn_sequence", "optimize_for_inference", "scale_output_channels"]
+__all__ = ["fold_bn_into_weights", "fold_conv_bn_sequence", "folded_conv", "optimize_for_inference"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -33,13 +33,20 @@ def fold_bn_into_weights(
     return fuse_conv_bn_weights(weight, bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
 
 
-def scale_output_channels(conv: nn.Conv2d, scale: torch.Tensor) -> nn.Conv2d:
-    """`conv` whose outputs are multiplied by the per-channel `scale` (C_out,): a layer scale folded in."""
-    with torch.no_grad():
-        conv.weight.mul_(scale.view(-1, *([1] * (conv.weight.dim() - 1))))  # (C_out, 1, 1, 1)
-        if conv.bias is not None:
-            conv.bias.mul_(scale)
-    return conv
+def folded_conv(
+    conv: nn.Conv2d, bn: nn.Module, scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of `conv`, then `bn` (an eval-mode BatchNorm2d, or Identity once folded), then an optional
+    per-channel `scale` (C_out,) such as a layer scale, as one convolution. Detached tensors."""
+    weight, bias = conv.weight, conv.bias
+    if isinstance(bn, nn.BatchNorm2d):
+        weight, bias = fold_bn_into_weights(weight, bias, bn)
+    elif bias is None:
+        bias = weight.new_zeros(weight.shape[0])
+    if scale is not None:
+        weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))  # (C_out, 1, 1, 1)
+        bias = bias * scale
+    return weight.detach(), bias.detach()
 
 
 def fold_conv_bn_sequence(seq: nn.Sequential) -> nn.Sequential:

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..layers.fused import fused_kernels
+
 __all__ = [
     "LoadMonitor",
     "Sample",
@@ -275,11 +277,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
 def count_gmacs(fn: Callable[[], object], batch_size: int) -> float:
     """Multiply-accumulates per image (billions) of one call, from `torch.utils.flop_counter`.
 
-    Counts convolutions, linear layers and attention matmuls (timm's `infer_gmacs` convention).
+    Counts convolutions, linear layers and attention matmuls (timm's `infer_gmacs` convention), on the
+    plain path: the counter does not see the fused oneDNN kernels (`fastvits.layers.fused`).
     Call it on a warmed-up model: work that a model caches after its first call (fastvits'
     position biases) is then not counted, as it is not done in the timed calls either.
     """
-    with FlopCounterMode(display=False) as counter:
+    with fused_kernels(False), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 2 / batch_size / 1e9
 

@@ -16,6 +16,7 @@ from .attention import (
 from .attention2d import Attention2d
 from .cache import CachedByInput, is_exporting
 from .factory import ATTENTION_2D, create_attention2d
+from .fused import fused_kernels
 from .global_attention import GlobalAttention2d
 from .hat import (
     CarrierTokenInit,
@@ -55,6 +56,7 @@ __all__ = [
     "ct_to_raster",
     "ct_to_windows",
     "fused_attn",
+    "fused_kernels",
     "gather_relative_bias",
     "hilo_head_split",
     "is_exporting",

@@ -9,13 +9,13 @@ The global switch picks the path (`set_fused_attn`), so parity tests can run the
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .switch import Switch
 
 __all__ = [
     "Attention",
@@ -27,35 +27,28 @@ __all__ = [
     "use_fused_attn",
 ]
 
-_FUSED_ATTN = os.environ.get("FASTVITS_FUSED_ATTN", "1") != "0"
+_FUSED_ATTN = Switch("FASTVITS_FUSED_ATTN")
 
 
 def use_fused_attn() -> bool:
-    return _FUSED_ATTN
+    return _FUSED_ATTN.enabled
 
 
 def set_fused_attn(enable: bool) -> None:
     """Turn the fused attention path on or off for all fastvits layers."""
-    global _FUSED_ATTN
-    _FUSED_ATTN = bool(enable)
+    _FUSED_ATTN.set(enable)
 
 
-@contextmanager
-def fused_attn(enable: bool) -> Iterator[None]:
+def fused_attn(enable: bool) -> AbstractContextManager[None]:
     """Context manager form of `set_fused_attn`, restoring the previous setting on exit."""
-    previous = _FUSED_ATTN
-    set_fused_attn(enable)
-    try:
-        yield
-    finally:
-        set_fused_attn(previous)
+    return _FUSED_ATTN(enable)
 
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, bias: torch.Tensor | None = None
 ) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v for q (..., Nq, d), k and v (..., Nk, d); bias broadcasts to (..., Nq, Nk)."""
-    if _FUSED_ATTN:
+    if _FUSED_ATTN.enabled:
         if bias is not None:
             bias = bias.to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)

@@ -1,8 +1,8 @@
-"""Caching of tensors that depend only on weights and input size (position biases).
+"""Caching of tensors that depend only on weights and input size (position biases, folded weights).
 
 In eval mode without autograd, a module computes such a tensor once per key (grid size, device,
 dtype) and reuses it. The cache is dropped when the module goes back to training, moves to another
-device or dtype, or when any of its parameters changes (load_state_dict, optimizer steps: PyTorch
+device or dtype, or when any of its parameters or buffers changes (load_state_dict, optimizer steps: PyTorch
 bumps a tensor's version counter on every in-place write). Tracing, exporting and compiling always
 compute in-graph, so exported graphs carry the computation rather than a stale constant.
 """
@@ -10,7 +10,8 @@ compute in-graph, so exported graphs carry the computation rather than a stale c
 from __future__ import annotations
 
 import functools
-from typing import Callable, Hashable, TypeVar
+import itertools
+from typing import Any, Callable, Hashable, TypeVar
 
 import torch
 import torch.nn as nn
@@ -18,6 +19,7 @@ import torch.nn as nn
 __all__ = ["CachedByInput", "cached_constant", "is_exporting"]
 
 Factory = TypeVar("Factory", bound=Callable[..., torch.Tensor | None])
+T = TypeVar("T")
 
 
 def is_exporting() -> bool:
@@ -60,17 +62,21 @@ def _autocast_state() -> tuple:
 
 
 class CachedByInput(nn.Module):
-    """Base class for modules whose output depends on the weights and the input size only."""
+    """Base class for modules that cache values derived from their weights (and the input size) at inference."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._cache: dict[Hashable, torch.Tensor] = {}
+        self._cache: dict[Hashable, Any] = {}
         self._stamp: tuple = ()
 
     def _weights_stamp(self) -> tuple:
-        return tuple((p.data_ptr(), p._version) for p in self.parameters())
+        # inference tensors (made under torch.inference_mode) have no version counter: their address stands alone
+        return tuple(
+            (t.data_ptr(), -1 if t.is_inference() else t._version)
+            for t in itertools.chain(self.parameters(), self.buffers())
+        )
 
-    def cached(self, key: Hashable, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         if self.training or torch.is_grad_enabled() or is_exporting():
             return compute()
         key = (key, _autocast_state())

@@ -21,12 +21,13 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 from timm.models import checkpoint
 from torch import nn
 
 from .attention import Attention
 from .attention2d import Attention2d
+from .fused import Mlp
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding
 from .windows import pad_nchw, window_partition, window_reverse
 

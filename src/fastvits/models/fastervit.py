@@ -20,15 +20,21 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.models import checkpoint, generate_default_cfgs
 
 from ..checkpoint import CheckpointError, register_checkpoint_filter
-from ..fuse import fold_bn_into_weights, fold_conv_bn_sequence, scale_output_channels
+from ..fuse import fold_conv_bn_sequence, folded_conv
 from ..layers import HAT2d
+from ..layers.cache import CachedByInput
+from ..layers.fused import conv2d_fused, fusable
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]
 
 
-class ConvBlock(nn.Module):
-    """Residual block: 3x3 conv, BN, GELU, 3x3 conv, BN, optional layer scale."""
+class ConvBlock(CachedByInput):
+    """Residual block: 3x3 conv, BN, GELU, 3x3 conv, BN, optional layer scale.
+
+    At inference on a CPU (`fastvits.layers.fused`) it runs as two oneDNN convolutions on channels-last maps,
+    with both BatchNorms and the layer scale folded into cached weights, GELU and the residual add fused.
+    """
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale: float | None = None) -> None:
         super().__init__()
@@ -41,19 +47,30 @@ class ConvBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fusable(self, x):
+            w1, b1, w2, b2 = self.cached("folded", self._folded)
+            x = x.contiguous(memory_format=torch.channels_last)
+            y = conv2d_fused(x, w1, b1, self.conv1, act="gelu")
+            return conv2d_fused(y, w2, b2, self.conv2, residual=x)
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
 
+    def _folded(self) -> tuple[torch.Tensor, ...]:
+        """(w1, b1, w2, b2): both convs with their BatchNorm, the second with the layer scale, folded in."""
+        w1, b1 = folded_conv(self.conv1, self.norm1)
+        w2, b2 = folded_conv(self.conv2, self.norm2, self.gamma)
+        cl = torch.channels_last
+        return w1.contiguous(memory_format=cl), b1, w2.contiguous(memory_format=cl), b2
+
     def fuse(self) -> ConvBlock:
         """Fold both BatchNorms and the layer scale into the convs (eval only; see `fastvits.fuse`)."""
-        self.conv1.weight, self.conv1.bias = fold_bn_into_weights(self.conv1.weight, self.conv1.bias, self.norm1)
-        self.conv2.weight, self.conv2.bias = fold_bn_into_weights(self.conv2.weight, self.conv2.bias, self.norm2)
-        self.norm1, self.norm2 = nn.Identity(), nn.Identity()
-        if self.gamma is not None:
-            scale_output_channels(self.conv2, self.gamma.detach())
-            self.gamma = None
+        w1, b1, w2, b2 = self._folded()
+        self.conv1.weight, self.conv1.bias = nn.Parameter(w1), nn.Parameter(b1)
+        self.conv2.weight, self.conv2.bias = nn.Parameter(w2), nn.Parameter(b2)
+        self.norm1, self.norm2, self.gamma = nn.Identity(), nn.Identity(), None
+        self.clear_cache()
         return self
 
 
@@ -69,8 +86,12 @@ class Downsample(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class Stem(nn.Module):
-    """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4."""
+class Stem(CachedByInput):
+    """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4.
+
+    At inference on a CPU: two oneDNN convolutions with the BatchNorms folded and ReLU fused, channels-last
+    output (the rest of the network stays channels-last).
+    """
 
     def __init__(self, in_chans: int, in_dim: int, dim: int) -> None:
         super().__init__()
@@ -84,11 +105,27 @@ class Stem(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fusable(self, x):
+            x = x.contiguous(memory_format=torch.channels_last)
+            for conv, weight, bias in self.cached("folded", self._folded):
+                x = conv2d_fused(x, weight, bias, conv, act="relu")
+            return x
         return self.conv_down(x)
+
+    def _folded(self) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
+        """(conv, folded weight, folded bias) for both convs, whether or not `fuse()` already folded them."""
+        layers = list(self.conv_down)
+        folded = []
+        for conv, after in zip(layers, layers[1:]):
+            if isinstance(conv, nn.Conv2d):
+                weight, bias = folded_conv(conv, after)
+                folded.append((conv, weight.contiguous(memory_format=torch.channels_last), bias))
+        return folded
 
     def fuse(self) -> Stem:
         """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
         self.conv_down = fold_conv_bn_sequence(self.conv_down)
+        self.clear_cache()
         return self
 
 
