@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from fastvits.bench.backends import build_model, build_official, copy_weights_to_official
 from fastvits.bench.cli import parse_size
@@ -40,11 +41,14 @@ def tensor_bytes(tensors) -> int:
 
 
 def cache_bytes(model: nn.Module) -> int:
-    """Bytes held in every fastvits input-size cache of the model (distinct storages counted once)."""
+    """Bytes held in every fastvits cache of the model: input-size caches (position biases) and the fused kernels'
+    folded conv weights (distinct storages counted once)."""
     seen, total = set(), 0
     for m in model.modules():
         if isinstance(m, CachedByInput):
-            for t in m._cache.values():
+            for t in tree_leaves(list(m._cache.values())):
+                if not isinstance(t, torch.Tensor):
+                    continue
                 key = t.untyped_storage().data_ptr()
                 if key not in seen:
                     seen.add(key)
