@@ -59,8 +59,11 @@ def test_sizes_and_backend_specs():
         BackendSpec.parse("tensorrt")
     with pytest.raises(ValueError, match="cl"):
         BackendSpec.parse("onnxruntime+cl")
-    specs = parse_backends(["eager", "onnxruntime"], compile=True, channels_last=True)
-    assert [str(s) for s in specs] == ["compile+cl", "onnxruntime"]
+    with pytest.raises(ValueError, match="plain"):
+        BackendSpec.parse("onnxruntime+plain")
+    assert str(BackendSpec.parse("eager+plain+cl")) == "eager+cl+plain"
+    specs = parse_backends(["eager", "eager+plain", "onnxruntime"], compile=True, channels_last=True)
+    assert [str(s) for s in specs] == ["compile+cl", "compile+cl+plain", "onnxruntime"]
 
 
 def test_wildcards_expand_to_fastvits_models():
@@ -181,7 +184,8 @@ def test_compare_official_explains_how_to_install(tmp_path, monkeypatch, capsys)
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_bench_writes_csv_json_png_and_fast_paths_match(tmp_path):
-    rows, report = _bench(tmp_path, "--img-size", "64", "96x64", "--backend", "eager", "eager+reparam", "eager+cl")
+    backends = ["eager", "eager+reparam", "eager+cl", "eager+plain"]
+    rows, report = _bench(tmp_path, "--img-size", "64", "96x64", "--backend", *backends)
     with open(tmp_path / "bench.csv") as f:
         header = next(csv.reader(f))
     assert header[:7] == [
@@ -194,14 +198,16 @@ def test_bench_writes_csv_json_png_and_fast_paths_match(tmp_path):
         "infer_gmacs",
     ]
     assert header == list(CSV_COLUMNS)
-    assert [r["infer_img_size"] for r in rows] == ["64"] * 3 + ["96x64"] * 3
-    assert [r["backend"] for r in rows[:3]] == ["eager", "eager+reparam", "eager+cl"]
+    assert [r["infer_img_size"] for r in rows] == ["64"] * 4 + ["96x64"] * 4
+    assert [r["backend"] for r in rows[:4]] == backends
     for r in rows:
         assert float(r["infer_samples_per_sec"]) > 0 and float(r["infer_gmacs"]) > 0
         assert r["top1"] == "82.1" and r["rounds_run"] == "1"
-    for r in rows[1:3] + rows[4:]:  # every fast path gives the plain path's output
+    for r in rows[1:4] + rows[5:]:  # every fast path gives the plain path's output
         assert float(r["max_abs_diff"]) < 1e-4, r
-    assert report["settings"]["backends"] == ["eager", "eager+reparam", "eager+cl"]
+    if torch.backends.mkldnn.is_available():  # +plain really ran another path than eager (fused kernels off)
+        assert float(rows[3]["max_abs_diff"]) > 0
+    assert report["settings"]["backends"] == backends
     assert report["rows"][0]["samples"] and report["machine"]["roof_gflops"] == 50
     assert (tmp_path / "bench_pareto.png").stat().st_size > 0
 

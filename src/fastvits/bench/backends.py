@@ -1,7 +1,8 @@
 """What gets timed: a model (fastvits, the official FasterViT, or a timm peer) prepared for a backend.
 
 A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers: `+cl`
-(channels_last memory format) and `+reparam` (timm's `reparameterize_model`: modules with
+(channels_last memory format), `+plain` (fastvits' fused attention and fused CPU kernels off, to
+measure what they bring; no effect on other code) and `+reparam` (timm's `reparameterize_model`: modules with
 `fuse()` / `reparameterize()` / `switch_to_deploy()` fold themselves for inference; for the
 official FasterViT this is its deploy mode of cached position biases, switched on after one
 forward because the official caches are filled by a forward). Examples: `eager+cl`,
@@ -28,6 +29,7 @@ import timm
 import torch
 from torch import nn
 
+from ..layers import fused_attn, fused_kernels
 from ..registry import create_model, list_models, resolve_name
 
 __all__ = [
@@ -58,26 +60,32 @@ OFFICIAL_INSTALL_HINT = (
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """How a model is run: backend plus channels_last / reparameterisation modifiers."""
+    """How a model is run: backend plus channels_last / reparameterisation / plain-path modifiers."""
 
     backend: str = "eager"
     channels_last: bool = False
     reparam: bool = False
+    plain: bool = False  # fastvits' fast paths off (fused attention, fused CPU kernels): for A/B runs
 
     @classmethod
     def parse(cls, text: str) -> BackendSpec:
         backend, *mods = text.strip().lower().split("+")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
-        unknown = set(mods) - {"cl", "reparam"}
+        unknown = set(mods) - {"cl", "reparam", "plain"}
         if unknown:
-            raise ValueError(f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl and/or +reparam")
+            raise ValueError(
+                f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl, +reparam and/or +plain"
+            )
         if backend == "onnxruntime" and "cl" in mods:
             raise ValueError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
-        return cls(backend, "cl" in mods, "reparam" in mods)
+        if backend == "onnxruntime" and "plain" in mods:
+            raise ValueError("the ONNX export is always the plain path: drop +plain from onnxruntime")
+        return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods)
 
     def __str__(self) -> str:
-        return self.backend + ("+cl" if self.channels_last else "") + ("+reparam" if self.reparam else "")
+        mods = [m for m, on in (("cl", self.channels_last), ("reparam", self.reparam), ("plain", self.plain)) if on]
+        return "+".join([self.backend, *mods])
 
 
 def parse_backends(
@@ -93,7 +101,7 @@ def parse_backends(
         s = BackendSpec.parse(text)
         backend = "compile" if compile and s.backend == "eager" else s.backend
         cl = s.channels_last or (channels_last and backend != "onnxruntime")
-        s = BackendSpec(backend, cl, s.reparam or reparam)
+        s = BackendSpec(backend, cl, s.reparam or reparam, s.plain)
         if s not in out:
             out.append(s)
     return out
@@ -272,10 +280,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _inference(
-    fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str
+    fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str, plain: bool = False
 ) -> Callable[[Any], torch.Tensor]:
+    """fn under inference mode and autocast; `plain` turns fastvits' fast paths off around the call."""
+
     def call(x: Any) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision), fused_attn(not plain), fused_kernels(not plain):
             return fn(x)
 
     return call
@@ -388,10 +398,10 @@ def prepare_runner(
         return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x.contiguous()
 
     if spec.backend == "eager":
-        return Runner(impl, spec, module, _inference(module, device, precision), adapt, notes=notes)
+        return Runner(impl, spec, module, _inference(module, device, precision, spec.plain), adapt, notes=notes)
     if spec.backend == "compile":
         compiled = torch.compile(module, mode=compile_mode, dynamic=False)
-        return Runner(impl, spec, module, _inference(compiled, device, precision), adapt, notes=notes)
+        return Runner(impl, spec, module, _inference(compiled, device, precision, spec.plain), adapt, notes=notes)
 
     # onnxruntime (CPU, fp32)
     if device.type != "cpu":

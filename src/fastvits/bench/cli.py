@@ -109,9 +109,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["eager"],
         metavar="SPEC",
-        help=f"one or more of {', '.join(BACKENDS)}, each optionally with +cl (channels_last) "
-        "and/or +reparam (fold for inference), e.g. eager compile+reparam onnxruntime; "
-        "several are timed interleaved",
+        help=f"one or more of {', '.join(BACKENDS)}, each optionally with +cl (channels_last), "
+        "+reparam (fold for inference) and/or +plain (fastvits' fast paths off, for A/B runs), "
+        "e.g. eager eager+plain compile+reparam onnxruntime; several are timed interleaved",
     )
     g.add_argument("--channels-last", action="store_true", help="add +cl to every torch backend")
     g.add_argument("--compile", action="store_true", help="torch.compile: eager becomes compile")
