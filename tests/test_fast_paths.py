@@ -135,6 +135,32 @@ def test_compile_fullgraph(name, dynamic, attn_path):
             torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=1e-6)
 
 
+def test_compiled_inference_model_takes_cached_position_biases_as_constants():
+    """After reparameterisation (inference-only) and one eager forward, torch.compile's graph no longer runs the
+    position-bias MLPs (as the official deploy mode keeps its biases in buffers); a plain model's graph does."""
+    model = small_model("fastervit_0_224").eval()
+    frozen = timm.utils.reparameterize_model(model)
+    x = torch.randn(1, 3, 64, 64)
+    position_linears = {}
+    for name, m in (("plain", model), ("frozen", frozen)):
+        graphs = []
+
+        def backend(gm, inputs, graphs=graphs):
+            graphs.append(gm)
+            return gm.forward
+
+        torch._dynamo.reset()
+        with torch.no_grad():
+            m(x)  # the eager forward that fills the caches
+            out = torch.compile(m, fullgraph=True, dynamic=False, backend=backend)(x)
+            torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+        (graph,) = graphs
+        position_linears[name] = [
+            n for n in graph.graph.nodes if "linear" in str(n.target) and "cpb_mlp" in str(n.args[1])
+        ]
+    assert position_linears["plain"] and not position_linears["frozen"]
+
+
 @pytest.mark.slow
 def test_compile_inductor_matches_eager():
     torch._dynamo.reset()

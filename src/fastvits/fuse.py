@@ -65,6 +65,8 @@ def fold_conv_bn_sequence(seq: nn.Sequential) -> nn.Sequential:
 def optimize_for_inference(model: M) -> M:
     """An eval-mode copy of `model` with every foldable BatchNorm folded; `model` itself is not changed.
 
-    The result computes the same function up to float rounding (tested against the unfolded model).
+    The result computes the same function up to float rounding (tested against the unfolded model). It is
+    inference-only: before `torch.compile`, run it once in eager mode at each input size, and the compiled graph
+    takes the position biases cached there as constants instead of recomputing their MLPs.
     """
     return reparameterize_model(copy.deepcopy(model).eval(), inplace=True)

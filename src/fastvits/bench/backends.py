@@ -390,6 +390,9 @@ def prepare_runner(
         from timm.utils.model import reparameterize_model
 
         module = reparameterize_model(module, inplace=True)
+        if impl != "official":  # fill fastvits' caches, which a compiled inference-only model takes as constants
+            with torch.no_grad(), autocast(device, precision):
+                module(example[:1].to(device))
     if spec.channels_last:
         module = module.to(memory_format=torch.channels_last)
 

@@ -4,7 +4,8 @@ In eval mode without autograd, a module computes such a tensor once per key (gri
 dtype) and reuses it. The cache is dropped when the module goes back to training, moves to another
 device or dtype, or when any of its parameters or buffers changes (load_state_dict, optimizer steps: PyTorch
 bumps a tensor's version counter on every in-place write). Tracing, exporting and compiling always
-compute in-graph, so exported graphs carry the computation rather than a stale constant.
+compute in-graph, so exported graphs carry the computation rather than a stale constant; only an
+inference-only (`fuse()`d) module hands its cached values to torch.compile as constants.
 """
 
 from __future__ import annotations
@@ -29,6 +30,16 @@ def is_exporting() -> bool:
         or torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.onnx.is_in_onnx_export()
+    )
+
+
+def _portable_export() -> bool:
+    """True while torch.export, ONNX or TorchScript capture a graph: those carry computations, not cached values."""
+    return (
+        torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
     )
 
 
@@ -76,8 +87,26 @@ class CachedByInput(nn.Module):
             for t in itertools.chain(self.parameters(), self.buffers())
         )
 
+    frozen = False  # set by fuse(): compiled graphs take cached values as constants
+
+    def fuse(self) -> CachedByInput:
+        """Mark the module inference-only (timm's `reparameterize_model`, `fastvits.optimize_for_inference`).
+
+        Under `torch.compile` a frozen module's values cached by an eager forward (same input size, device, dtype
+        and autocast state) become constants of the graph, as the official deploy mode keeps its position biases
+        in buffers; sizes not seen in eager are computed in-graph. Such a graph does not see later weight changes.
+        """
+        self.frozen = True
+        return self
+
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
-        if self.training or torch.is_grad_enabled() or is_exporting():
+        if self.training or torch.is_grad_enabled():
+            return compute()
+        if is_exporting():
+            if self.frozen and not _portable_export():  # torch.compile of an inference-only model
+                key = (key, _autocast_state())
+                if key in self._cache:
+                    return self._constant(key)
             return compute()
         key = (key, _autocast_state())
         stamp = self._weights_stamp()
@@ -88,6 +117,10 @@ class CachedByInput(nn.Module):
         if value is None:
             value = self._cache[key] = compute()
         return value
+
+    @torch.compiler.assume_constant_result
+    def _constant(self, key: Hashable) -> Any:
+        return self._cache[key]
 
     def clear_cache(self) -> None:
         self._cache.clear()
