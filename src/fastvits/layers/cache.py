@@ -23,24 +23,18 @@ Factory = TypeVar("Factory", bound=Callable[..., torch.Tensor | None])
 T = TypeVar("T")
 
 
+def _jit_or_onnx() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def is_exporting() -> bool:
     """True while torch.compile, torch.jit or torch.onnx is capturing a graph."""
-    return (
-        torch.compiler.is_compiling()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.onnx.is_in_onnx_export()
-    )
+    return torch.compiler.is_compiling() or _jit_or_onnx()
 
 
 def _portable_export() -> bool:
     """True while torch.export, ONNX or TorchScript capture a graph: those carry computations, not cached values."""
-    return (
-        torch.compiler.is_exporting()
-        or torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-    )
+    return torch.compiler.is_exporting() or _jit_or_onnx()
 
 
 def cached_constant(maxsize: int) -> Callable[[Factory], Factory]:
