@@ -62,6 +62,9 @@ def test_sizes_and_backend_specs():
     with pytest.raises(ValueError, match="plain"):
         BackendSpec.parse("onnxruntime+plain")
     assert str(BackendSpec.parse("eager+plain+cl")) == "eager+cl+plain"
+    assert str(BackendSpec.parse("compile+freeze+reparam")) == "compile+reparam+freeze"
+    with pytest.raises(ValueError, match="compile"):
+        BackendSpec.parse("eager+freeze")
     specs = parse_backends(["eager", "eager+plain", "onnxruntime"], compile=True, channels_last=True)
     assert [str(s) for s in specs] == ["compile+cl", "compile+cl+plain", "onnxruntime"]
 

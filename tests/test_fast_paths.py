@@ -135,7 +135,7 @@ def test_compile_fullgraph(name, dynamic, attn_path):
             torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=1e-6)
 
 
-def test_compiled_inference_model_takes_cached_position_biases_as_constants():
+def test_compiled_inference_model_reads_cached_position_biases():
     """After reparameterisation (inference-only) and one eager forward, torch.compile's graph no longer runs the
     position-bias MLPs (as the official deploy mode keeps its biases in buffers); a plain model's graph does."""
     model = small_model("fastervit_0_224").eval()
@@ -162,11 +162,17 @@ def test_compiled_inference_model_takes_cached_position_biases_as_constants():
 
 
 @pytest.mark.slow
-def test_compile_inductor_matches_eager():
+@pytest.mark.parametrize("freezing", [False, True])
+def test_compile_inductor_matches_eager(freezing):
+    """Inductor, with and without freezing, on an inference-only model: 64x64 biases cached by an eager forward
+    (read by the graph), 96x128 computed in-graph."""
+    import torch._inductor.config as inductor_config
+
     torch._dynamo.reset()
     model = fastvits.optimize_for_inference(small_model("fastervit_0_any_res"))
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
-    with torch.no_grad():
+    with torch.no_grad(), inductor_config.patch(freezing=freezing):
+        model(torch.randn(1, 3, 64, 64))
         for size in [(64, 64), (96, 128)]:
             x = torch.randn(2, 3, *size)
             torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)

@@ -67,6 +67,6 @@ def optimize_for_inference(model: M) -> M:
 
     The result computes the same function up to float rounding (tested against the unfolded model). It is
     inference-only: before `torch.compile`, run it once in eager mode at each input size, and the compiled graph
-    takes the position biases cached there as constants instead of recomputing their MLPs.
+    reads the position biases cached there instead of recomputing their MLPs.
     """
     return reparameterize_model(copy.deepcopy(model).eval(), inplace=True)

@@ -2,11 +2,12 @@
 
 A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers: `+cl`
 (channels_last memory format), `+plain` (fastvits' fused attention and fused CPU kernels off, to
-measure what they bring; no effect on other code) and `+reparam` (timm's `reparameterize_model`: modules with
-`fuse()` / `reparameterize()` / `switch_to_deploy()` fold themselves for inference; for the
-official FasterViT this is its deploy mode of cached position biases, switched on after one
-forward because the official caches are filled by a forward). Examples: `eager+cl`,
-`compile+reparam`, `onnxruntime`.
+measure what they bring; no effect on other code), `+freeze` (compile only: inductor freezing) and
+`+reparam` (timm's `reparameterize_model`: modules with `fuse()` / `reparameterize()` /
+`switch_to_deploy()` fold themselves for inference; for the official FasterViT this is its deploy
+mode of cached position biases, switched on after one forward because the official caches are
+filled by a forward; fastvits runs one forward too, to fill the caches a compiled graph reads).
+Examples: `eager+cl`, `compile+reparam+freeze`, `onnxruntime`.
 
 The official `fastervit` package is never a dependency: `build_official` imports it lazily and
 gives the same weights to it through the reverse of fastvits' checkpoint conversion.
@@ -66,25 +67,29 @@ class BackendSpec:
     channels_last: bool = False
     reparam: bool = False
     plain: bool = False  # fastvits' fast paths off (fused attention, fused CPU kernels): for A/B runs
+    freeze: bool = False  # compile only: inductor freezing (weights become constants of the graph)
 
     @classmethod
     def parse(cls, text: str) -> BackendSpec:
         backend, *mods = text.strip().lower().split("+")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
-        unknown = set(mods) - {"cl", "reparam", "plain"}
+        unknown = set(mods) - {"cl", "reparam", "plain", "freeze"}
         if unknown:
             raise ValueError(
-                f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl, +reparam and/or +plain"
+                f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl, +reparam, +plain, +freeze"
             )
+        if "freeze" in mods and backend != "compile":
+            raise ValueError(f"+freeze is an option of torch.compile: use compile+freeze, not {text!r}")
         if backend == "onnxruntime" and "cl" in mods:
             raise ValueError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
         if backend == "onnxruntime" and "plain" in mods:
             raise ValueError("the ONNX export is always the plain path: drop +plain from onnxruntime")
-        return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods)
+        return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods, "freeze" in mods)
 
     def __str__(self) -> str:
-        mods = [m for m, on in (("cl", self.channels_last), ("reparam", self.reparam), ("plain", self.plain)) if on]
+        flags = (("cl", self.channels_last), ("reparam", self.reparam), ("plain", self.plain), ("freeze", self.freeze))
+        mods = [m for m, on in flags if on]
         return "+".join([self.backend, *mods])
 
 
@@ -101,7 +106,7 @@ def parse_backends(
         s = BackendSpec.parse(text)
         backend = "compile" if compile and s.backend == "eager" else s.backend
         cl = s.channels_last or (channels_last and backend != "onnxruntime")
-        s = BackendSpec(backend, cl, s.reparam or reparam, s.plain)
+        s = BackendSpec(backend, cl, s.reparam or reparam, s.plain, s.freeze)
         if s not in out:
             out.append(s)
     return out
@@ -291,6 +296,17 @@ def _inference(
     return call
 
 
+def _freezing(fn: Callable[[Any], torch.Tensor]) -> Callable[[Any], torch.Tensor]:
+    """fn with inductor freezing on while it runs (compilation happens at the first call of each shape)."""
+    import torch._inductor.config as inductor_config
+
+    def call(x: Any) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return fn(x)
+
+    return call
+
+
 @contextlib.contextmanager
 def _quiet_export() -> Iterator[None]:
     with warnings.catch_warnings():
@@ -404,7 +420,8 @@ def prepare_runner(
         return Runner(impl, spec, module, _inference(module, device, precision, spec.plain), adapt, notes=notes)
     if spec.backend == "compile":
         compiled = torch.compile(module, mode=compile_mode, dynamic=False)
-        return Runner(impl, spec, module, _inference(compiled, device, precision, spec.plain), adapt, notes=notes)
+        call = _inference(compiled, device, precision, spec.plain)
+        return Runner(impl, spec, module, _freezing(call) if spec.freeze else call, adapt, notes=notes)
 
     # onnxruntime (CPU, fp32)
     if device.type != "cpu":

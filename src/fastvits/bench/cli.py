@@ -110,7 +110,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=["eager"],
         metavar="SPEC",
         help=f"one or more of {', '.join(BACKENDS)}, each optionally with +cl (channels_last), "
-        "+reparam (fold for inference) and/or +plain (fastvits' fast paths off, for A/B runs), "
+        "+reparam (fold for inference), +plain (fastvits' fast paths off, for A/B runs), +freeze (compile only: "
+        "inductor freezing), "
         "e.g. eager eager+plain compile+reparam onnxruntime; several are timed interleaved",
     )
     g.add_argument("--channels-last", action="store_true", help="add +cl to every torch backend")

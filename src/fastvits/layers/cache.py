@@ -5,7 +5,7 @@ dtype) and reuses it. The cache is dropped when the module goes back to training
 device or dtype, or when any of its parameters or buffers changes (load_state_dict, optimizer steps: PyTorch
 bumps a tensor's version counter on every in-place write). Tracing, exporting and compiling always
 compute in-graph, so exported graphs carry the computation rather than a stale constant; only an
-inference-only (`fuse()`d) module hands its cached values to torch.compile as constants.
+inference-only (`fuse()`d) module hands its cached values to torch.compile.
 """
 
 from __future__ import annotations
@@ -81,14 +81,15 @@ class CachedByInput(nn.Module):
             for t in itertools.chain(self.parameters(), self.buffers())
         )
 
-    frozen = False  # set by fuse(): compiled graphs take cached values as constants
+    frozen = False  # set by fuse(): compiled graphs read cached values instead of recomputing them
 
     def fuse(self) -> CachedByInput:
         """Mark the module inference-only (timm's `reparameterize_model`, `fastvits.optimize_for_inference`).
 
-        Under `torch.compile` a frozen module's values cached by an eager forward (same input size, device, dtype
-        and autocast state) become constants of the graph, as the official deploy mode keeps its position biases
-        in buffers; sizes not seen in eager are computed in-graph. Such a graph does not see later weight changes.
+        Under `torch.compile` a frozen module reads the values an eager forward cached (same input size, device,
+        dtype and autocast state) instead of recomputing them in the graph, as the official deploy mode keeps its
+        position biases in buffers (with inductor freezing they become constants); sizes not seen in eager are
+        computed in-graph. The cache is still refreshed by eager forwards after a weight change.
         """
         self.frozen = True
         return self
@@ -98,9 +99,9 @@ class CachedByInput(nn.Module):
             return compute()
         if is_exporting():
             if self.frozen and not _portable_export():  # torch.compile of an inference-only model
-                key = (key, _autocast_state())
-                if key in self._cache:
-                    return self._constant(key)
+                value = self._cache.get((key, _autocast_state()))
+                if value is not None:
+                    return value
             return compute()
         key = (key, _autocast_state())
         stamp = self._weights_stamp()
@@ -111,10 +112,6 @@ class CachedByInput(nn.Module):
         if value is None:
             value = self._cache[key] = compute()
         return value
-
-    @torch.compiler.assume_constant_result
-    def _constant(self, key: Hashable) -> Any:
-        return self._cache[key]
 
     def clear_cache(self) -> None:
         self._cache.clear()
