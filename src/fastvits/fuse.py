@@ -17,9 +17,9 @@ from typing import TypeVar
 import torch
 from timm.utils.model import reparameterize_model
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_conv_bn_weights
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
-__all__ = ["fold_bn_into_weights", "fold_conv_bn_sequence", "folded_conv", "optimize_for_inference"]
+__all__ = ["fold_bn_into_weights", "folded_conv", "optimize_for_inference"]
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -47,19 +47,6 @@ def folded_conv(
         weight = weight * scale.view(-1, *([1] * (weight.dim() - 1)))  # (C_out, 1, 1, 1)
         bias = bias * scale
     return weight.detach(), bias.detach()
-
-
-def fold_conv_bn_sequence(seq: nn.Sequential) -> nn.Sequential:
-    """`seq` with every Conv2d immediately followed by a BatchNorm2d replaced by one folded Conv2d."""
-    layers: list[nn.Module] = []
-    for module in seq:
-        if isinstance(module, nn.BatchNorm2d) and layers and isinstance(layers[-1], nn.Conv2d):
-            if module.training:
-                raise RuntimeError("BatchNorm folding uses the running statistics: call .eval() before fuse()")
-            layers[-1] = fuse_conv_bn_eval(layers[-1], module)
-        else:
-            layers.append(module)
-    return nn.Sequential(*layers)
 
 
 def optimize_for_inference(model: M) -> M:

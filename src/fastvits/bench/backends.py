@@ -287,10 +287,14 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 def _inference(
     fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str, plain: bool = False
 ) -> Callable[[Any], torch.Tensor]:
-    """fn under inference mode and autocast; `plain` turns fastvits' fast paths off around the call."""
+    """fn under inference mode and autocast; `plain` turns fastvits' fast paths off around the call (otherwise the
+    switches stay as the user set them)."""
 
     def call(x: Any) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device, precision), fused_attn(not plain), fused_kernels(not plain):
+        with torch.inference_mode(), autocast(device, precision), contextlib.ExitStack() as stack:
+            if plain:
+                stack.enter_context(fused_attn(False))
+                stack.enter_context(fused_kernels(False))
             return fn(x)
 
     return call
@@ -406,7 +410,7 @@ def prepare_runner(
         from timm.utils.model import reparameterize_model
 
         module = reparameterize_model(module, inplace=True)
-        if impl != "official":  # fill fastvits' caches, which a compiled inference-only model takes as constants
+        if impl != "official":  # fill fastvits' caches, which a compiled inference-only model reads
             with torch.no_grad(), autocast(device, precision):
                 module(example[:1].to(device))
     if spec.channels_last:

@@ -97,13 +97,10 @@ class CachedByInput(nn.Module):
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
         if self.training or torch.is_grad_enabled():
             return compute()
-        if is_exporting():
-            if self.frozen and not _portable_export():  # torch.compile of an inference-only model
-                value = self._cache.get((key, _autocast_state()))
-                if value is not None:
-                    return value
-            return compute()
         key = (key, _autocast_state())
+        if is_exporting():  # in-graph, except torch.compile of an inference-only model reads what eager cached
+            value = self._cache.get(key) if self.frozen and not _portable_export() else None
+            return compute() if value is None else value
         stamp = self._weights_stamp()
         if stamp != self._stamp:
             self._cache.clear()

@@ -13,7 +13,6 @@ class Switch:
     """A global flag: on unless the environment variable `env` is "0"; `with switch(False): ...` flips it locally."""
 
     def __init__(self, env: str) -> None:
-        self.env = env
         self.enabled = os.environ.get(env, "1") != "0"
 
     def set(self, enable: bool) -> None:

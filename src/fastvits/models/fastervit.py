@@ -20,7 +20,7 @@ from timm.layers import DropPath, LayerNorm2d
 from timm.models import checkpoint, generate_default_cfgs
 
 from ..checkpoint import CheckpointError, register_checkpoint_filter
-from ..fuse import fold_conv_bn_sequence, folded_conv
+from ..fuse import folded_conv
 from ..layers import HAT2d
 from ..layers.cache import CachedByInput
 from ..layers.fused import conv2d_fused, fusable
@@ -124,7 +124,9 @@ class Stem(CachedByInput):
 
     def fuse(self) -> Stem:
         """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
-        self.conv_down = fold_conv_bn_sequence(self.conv_down)
+        for conv, weight, bias in self._folded():
+            conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
+        self.conv_down = nn.Sequential(*(m for m in self.conv_down if not isinstance(m, nn.BatchNorm2d)))
         self.clear_cache()
         return self
 
