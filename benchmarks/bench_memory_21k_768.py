@@ -42,17 +42,20 @@ def tensor_bytes(tensors) -> int:
 
 def cache_bytes(model: nn.Module) -> int:
     """Bytes held in every fastvits cache of the model: input-size caches (position biases) and the fused kernels'
-    folded conv weights (distinct storages counted once)."""
+    folded and packed weights (distinct storages counted once)."""
     seen, total = set(), 0
     for m in model.modules():
         if isinstance(m, CachedByInput):
             for t in tree_leaves(list(m._cache.values())):
                 if not isinstance(t, torch.Tensor):
                     continue
-                key = t.untyped_storage().data_ptr()
+                if t.is_mkldnn:  # oneDNN-packed weights: opaque, one buffer each
+                    key, nbytes = id(t), t.numel() * t.element_size()
+                else:
+                    key, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
                 if key not in seen:
                     seen.add(key)
-                    total += t.untyped_storage().nbytes()
+                    total += nbytes
     return total
 
 

@@ -72,6 +72,34 @@ def test_fused_kernels_follow_weight_changes():
             torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
 
 
+def _ops_run(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("rows", [49, 2000])  # packed weights up to PACKED_ROWS rows, MKL's GEMM beyond
+@pytest.mark.parametrize(("act", "with_residual"), [("none", False), ("gelu", False), ("none", True)])
+def test_fused_linear_matches_plain_path(rows, act, with_residual):
+    """`fastvits.layers.fused.Linear`: act(x W^T + b) + residual as one oneDNN kernel at inference, on a weight
+    packed once for few rows; it follows in-place weight changes."""
+    from fastvits.layers.fused import PACKED_ROWS, Linear
+
+    layer = Linear(64, 96).eval()
+    x = torch.randn(1, rows, 64)
+    residual = torch.randn(1, rows, 96) if with_residual else None
+    with torch.no_grad():
+        for _ in range(2):  # the second round runs on the refreshed packed weight
+            with fastvits.layers.fused_kernels(False):
+                plain = layer(x, act, residual)
+            fused = layer(x, act, residual)
+            torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
+            layer.weight.mul_(-0.5)
+        fused_kernel = "mkldnn::_linear_pointwise" in _ops_run(lambda: layer(x, act, residual))
+    assert fused_kernel == (rows <= PACKED_ROWS or act != "none" or with_residual)
+    assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: layer(x, act, residual))  # autograd: plain path
+
+
 def test_training_and_autograd_take_the_plain_path():
     """With autograd on, or in training mode, the output is bit-for-bit the plain path's."""
     model = randomize_batchnorms(small_model("fastervit_0_any_res")).eval()

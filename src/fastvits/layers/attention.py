@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import Linear
 from .switch import Switch
 
 __all__ = [
@@ -65,8 +66,10 @@ def multi_head_attention(
     num_heads: int,
     scale: float,
     bias: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Self-attention of tokens x (..., N, C) through a fused q/k/v projection, `attend` and an output projection.
+    """Self-attention of tokens x (..., N, C) through a fused q/k/v projection, `attend` and an output projection,
+    plus `residual` (added by the projection kernel: `proj` must then be a `fastvits.layers.fused.Linear`).
 
     Leading dims (batch, windows) are kept, so a bias or mask with one entry per window broadcasts
     against (B, nW, heads, N, N) without being repeated over the batch. The projections are arguments
@@ -78,8 +81,8 @@ def multi_head_attention(
     head_dim = qkv.out_features // (3 * num_heads)
     qkv_out = qkv(x).reshape(*lead, N, 3, num_heads, head_dim)  # (..., N, 3, h, d)
     q, k, v = qkv_out.permute(L + 1, *range(L), L + 2, L, L + 3).unbind(0)  # 3 x (..., h, N, d); ONNX: no negative dims
-    out = attend(q, k, v, scale, bias)  # (..., h, N, d)
-    return proj(out.transpose(-3, -2).reshape(*lead, N, num_heads * head_dim))  # (..., N, C)
+    out = attend(q, k, v, scale, bias).transpose(-3, -2).reshape(*lead, N, num_heads * head_dim)  # (..., N, C)
+    return proj(out) if residual is None else proj(out, residual=residual)
 
 
 def cross_attention(
@@ -118,8 +121,11 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim**-0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return multi_head_attention(x, self.qkv, self.proj, self.num_heads, self.scale, bias)
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """attention(x) + residual (if given) for x (..., N, C)."""
+        return multi_head_attention(x, self.qkv, self.proj, self.num_heads, self.scale, bias, residual)

@@ -23,18 +23,22 @@ Factory = TypeVar("Factory", bound=Callable[..., torch.Tensor | None])
 T = TypeVar("T")
 
 
-def _jit_or_onnx() -> bool:
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+def _jit() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def is_exporting() -> bool:
-    """True while torch.compile, torch.jit or torch.onnx is capturing a graph."""
-    return torch.compiler.is_compiling() or _jit_or_onnx()
+    """True while torch.compile, torch.export, torch.jit or torch.onnx is capturing a graph.
+
+    Both ONNX exporters run the model under one of the others (TorchScript's tracer, or torch.export, during which
+    `torch.compiler.is_compiling()` holds), so no ONNX check is needed: it would cost more than all of these.
+    """
+    return torch.compiler.is_compiling() or _jit()
 
 
 def _portable_export() -> bool:
     """True while torch.export, ONNX or TorchScript capture a graph: those carry computations, not cached values."""
-    return torch.compiler.is_exporting() or _jit_or_onnx()
+    return torch.compiler.is_exporting() or _jit()
 
 
 def cached_constant(maxsize: int) -> Callable[[Factory], Factory]:
@@ -69,8 +73,8 @@ def _autocast_state() -> tuple:
 class CachedByInput(nn.Module):
     """Base class for modules that cache values derived from their weights (and the input size) at inference."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # cooperative: `class L(CachedByInput, nn.Linear)`
+        super().__init__(*args, **kwargs)
         self._cache: dict[Hashable, Any] = {}
         self._stamp: tuple = ()
 
@@ -78,7 +82,9 @@ class CachedByInput(nn.Module):
         # inference tensors (made under torch.inference_mode) have no version counter: their address stands alone
         return tuple(
             (t.data_ptr(), -1 if t.is_inference() else t._version)
-            for t in itertools.chain(self.parameters(), self.buffers())
+            for m in self.modules()
+            for t in itertools.chain(m._parameters.values(), m._buffers.values())
+            if t is not None
         )
 
     frozen = False  # set by fuse(): compiled graphs read cached values instead of recomputing them
@@ -101,6 +107,11 @@ class CachedByInput(nn.Module):
         if is_exporting():  # in-graph, except torch.compile of an inference-only model reads what eager cached
             value = self._cache.get(key) if self.frozen and not _portable_export() else None
             return compute() if value is None else value
+        return self.cached_eager(key, compute)
+
+    def cached_eager(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`cached` for callers that already know they run eagerly at inference (no autograd, no graph capture, no
+        autocast: `fastvits.layers.fused.fusable`), without re-checking."""
         stamp = self._weights_stamp()
         if stamp != self._stamp:
             self._cache.clear()

@@ -1,26 +1,32 @@
 """Fused CPU inference kernels: a convolution or linear map and what follows it (bias, activation, residual
-add) in one oneDNN pass over the data.
+add) in one oneDNN pass over the data, on weights laid out once for oneDNN.
 
 On a CPU the conv stages and MLPs of these models spend as much time reading and writing feature maps
-(BatchNorm, GELU, residual adds, layout reorders) as computing. In eval mode, without autograd, in float32,
-with oneDNN present, fastvits layers route through the kernels below: BatchNorm (and layer scale) folded
-into the convolution's weights, GELU/ReLU and the residual add applied as oneDNN post-ops, feature maps
-kept channels-last. The result equals the plain path to float32 rounding (tested); training, autocast,
-other dtypes and devices, and graph capture (torch.compile, ONNX export, which do their own fusion) take
-the plain path. `with fused_kernels(False):` (or FASTVITS_FUSED_KERNELS=0) turns the fast path off everywhere,
-e.g. for the op-for-op parity checks against the official code.
+(BatchNorm, GELU, residual adds, layout reorders) as computing, and at batch 1 the transformer stages multiply
+few-row matrices, where a weight packed in advance runs up to 1.8x faster than a plain GEMM. In eval mode,
+without autograd, in float32, with oneDNN present, fastvits layers route through the kernels below: BatchNorm
+(and layer scale) folded into the convolution's weights, conv weights packed into oneDNN's blocked layout,
+GELU/ReLU and the residual add applied as oneDNN post-ops, feature maps kept channels-last; linears of at most
+`PACKED_ROWS` rows run on packed weights. Folded and packed weights are cached copies (refreshed when a weight
+changes): at batch 1 they add about 90% of a model's parameter bytes. The result equals the plain path to
+float32 rounding (tested); training, autocast, other dtypes and devices, and graph capture (torch.compile, ONNX
+export, which do their own fusion) take the plain path. `with fused_kernels(False):` (or FASTVITS_FUSED_KERNELS=0)
+turns the fast path off everywhere, e.g. for the op-for-op parity checks against the official code or to save
+the memory.
 """
 
 from __future__ import annotations
 
-import timm.layers
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .cache import is_exporting
+from .cache import CachedByInput, is_exporting
 from .switch import Switch
 
-__all__ = ["Mlp", "conv2d_fused", "fusable", "fused_kernels"]
+__all__ = ["Linear", "Mlp", "PACKED_ROWS", "conv2d_fused", "fusable", "fused_kernels", "pack_conv_weight"]
 
 fused_kernels = Switch("FASTVITS_FUSED_KERNELS")
 """On/off for the whole fast path: `with fused_kernels(False): ...`, `fused_kernels.set(False)`, `.enabled`."""
@@ -42,34 +48,86 @@ def fusable(module: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def _geometry(conv: nn.Conv2d) -> tuple[list[int], list[int], list[int], int]:
+    return list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups  # type: ignore[arg-type]
+
+
 def conv2d_fused(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     conv: nn.Conv2d,
     act: str = "none",
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`act(conv(x))` ("none", "relu" or "gelu"), or `conv(x) + residual`, with `conv`'s geometry and the given
-    (folded) weight and bias. x (B, C, H, W) channels-last -> (B, C_out, H', W') channels-last."""
-    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    (folded or packed, `pack_conv_weight`) weight and bias. x (B, C, H, W) channels-last -> (B, C_out, H', W')
+    channels-last."""
+    ops, geometry = torch.ops.mkldnn._convolution_pointwise, _geometry(conv)
     if residual is not None:
-        return torch.ops.mkldnn._convolution_pointwise(x, residual, weight, bias, *geometry, "add", 1.0, None, [], None)
-    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, act, [], _ALGORITHM[act])
+        return ops.binary(x, residual, weight, bias, *geometry, "add", 1.0, None, [], None)
+    return ops.default(x, weight, bias, *geometry, act, [], _ALGORITHM[act])
 
 
-class Mlp(timm.layers.Mlp):
-    """timm's `Mlp` (same parameters and checkpoint keys) whose first linear and exact GELU run as one kernel
-    at inference."""
+def pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d, input_size: Sequence[int] | None = None) -> torch.Tensor:
+    """`weight` (`conv.weight` or a folded copy) reordered once into oneDNN's blocked layout for `conv`'s geometry,
+    chosen for `input_size` if given; valid for any input size (oneDNN reorders only on a layout mismatch)."""
+    size = None if input_size is None else list(input_size)
+    return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), *_geometry(conv), size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            fusable(self, x)
-            and type(self.act) is nn.GELU
-            and self.act.approximate == "none"
-            and isinstance(self.fc1, nn.Linear)
-            and isinstance(self.norm, nn.Identity)
-        ):
-            h = torch.ops.mkldnn._linear_pointwise(x, self.fc1.weight, self.fc1.bias, "gelu", [], "none")
-            return self.fc2(h)  # dropouts are identities in eval mode
-        return super().forward(x)
+
+PACKED_ROWS = 512
+"""Linears of at most this many rows (tokens) run on oneDNN-packed weights: up to 1.8x faster on 49-row inputs (a
+FasterViT stage 4 at batch 1), no gain from about 1,000 rows on (tests/benchmarks in docs/benchmarks.md)."""
+
+
+class Linear(CachedByInput, nn.Linear):
+    """`nn.Linear` (same parameters and checkpoint keys) with an optional fused activation ("gelu": exact GELU)
+    and residual add: `layer(x, act, residual)` = `act(x W^T + b) + residual`.
+
+    At inference on a CPU (`fusable`) the activation and the add are oneDNN post-ops, and inputs of at most
+    `PACKED_ROWS` rows use a copy of the weight packed once into oneDNN's blocked layout (cached, refreshed when
+    the weight changes); elsewhere the plain ops run.
+    """
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, act: str = "none", residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if fusable(self, x) and (residual is None or residual.is_contiguous()):
+            small = x.numel() <= PACKED_ROWS * self.in_features
+            if act == "none" and residual is None and not small:
+                return F.linear(x, self.weight, self.bias)  # MKL, as fast as oneDNN on many rows
+            weight = self.cached_eager("packed", self._packed) if small else self.weight
+            x = x.contiguous()
+            if residual is not None:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
+            return torch.ops.mkldnn._linear_pointwise.default(x, weight, self.bias, act, [], _ALGORITHM[act])
+        y = F.linear(x, self.weight, self.bias)
+        if act == "gelu":
+            y = F.gelu(y)
+        return y if residual is None else y + residual
+
+    def _packed(self) -> torch.Tensor:
+        return torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), PACKED_ROWS)
+
+
+class Mlp(nn.Module):
+    """fc1 -> act -> fc2 with timm's `Mlp` checkpoint keys; `mlp(x, residual)` = `fc2(act(fc1(x))) + residual`,
+    with fc1 + exact GELU and fc2 + residual each one kernel at inference (`Linear`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int | None = None,
+        act_layer: type[nn.Module] = nn.GELU,
+    ) -> None:
+        super().__init__()
+        self.fc1 = Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.fc2 = Linear(hidden_features, out_features or in_features)
+        self.fused_gelu = type(self.act) is nn.GELU and self.act.approximate == "none"
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.fc1(x, act="gelu") if self.fused_gelu else self.act(self.fc1(x))
+        return self.fc2(h, residual=residual)

@@ -17,7 +17,7 @@ networks (`fastvits.hat_swin`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,8 +105,10 @@ class WindowAttention(Attention):
         super().__init__(dim, num_heads, qkv_bias)
         self.rel_pos = ContinuousRelativeBias(num_heads)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x, self.rel_pos(grid, x.shape[1], x.device))
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, grid: tuple[int, int], residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return super().forward(x, self.rel_pos(grid, x.shape[1], x.device), residual)
 
 
 def _layer_scale(dim: int, init: float | None) -> nn.Parameter | None:
@@ -165,13 +167,19 @@ class HATBlock(nn.Module):
             self.gamma1 = _layer_scale(dim, layer_scale)
             self.gamma2 = _layer_scale(dim, layer_scale) if hidden else None
 
+    def _add(self, x: torch.Tensor, branch: Callable[..., torch.Tensor], gamma: nn.Parameter | None) -> torch.Tensor:
+        """x + drop_path(gamma * branch(x)); at inference without layer scale the branch's last linear adds x."""
+        if gamma is None and not self.training:
+            return branch(x, residual=x)
+        return x + self.drop_path(_scaled(branch(x), gamma))
+
     def _global_ct_attention(self, ct: torch.Tensor, ct_grid: tuple[int, int]) -> torch.Tensor:
         """Carrier tokens of one image attend to each other; ct in raster order (B, N_ct, C)."""
         if self.hat_pos_embed is not None:
             ct = ct + self.hat_pos_embed(ct_grid, ct.device, ct.dtype)
-        ct = ct + self.drop_path(_scaled(self.hat_attn(self.hat_norm1(ct), ct_grid), self.gamma1))
+        ct = self._add(ct, lambda t, **kw: self.hat_attn(self.hat_norm1(t), ct_grid, **kw), self.gamma1)
         if self.hat_mlp is not None:
-            ct = ct + self.drop_path(_scaled(self.hat_mlp(self.hat_norm2(ct)), self.gamma2))
+            ct = self._add(ct, lambda t, **kw: self.hat_mlp(self.hat_norm2(t), **kw), self.gamma2)
         return ct
 
     def forward(
@@ -185,9 +193,9 @@ class HATBlock(nn.Module):
             ct_grid = (grid[0] * c, grid[1] * c)
             ct = self._global_ct_attention(ct_to_raster(ct, grid, c), ct_grid)
             x = torch.cat([ct_to_windows(ct, grid, c), x], dim=1)  # (B*nW, c*c + w*w, C)
-        x = x + self.drop_path(_scaled(self.attn(self.norm1(x), (w, w)), self.gamma3))
+        x = self._add(x, lambda t, **kw: self.attn(self.norm1(t), (w, w), **kw), self.gamma3)
         if self.mlp is not None:
-            x = x + self.drop_path(_scaled(self.mlp(self.norm2(x)), self.gamma4))
+            x = self._add(x, lambda t, **kw: self.mlp(self.norm2(t), **kw), self.gamma4)
         if ct is None:
             return x, None
         ct_w, x = x.split([c * c, w * w], dim=1)  # (B*nW, c*c, C), (B*nW, w*w, C)

@@ -23,7 +23,7 @@ from ..checkpoint import CheckpointError, register_checkpoint_filter
 from ..fuse import folded_conv
 from ..layers import HAT2d
 from ..layers.cache import CachedByInput
-from ..layers.fused import conv2d_fused, fusable
+from ..layers.fused import conv2d_fused, fusable, pack_conv_weight
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]
@@ -48,8 +48,8 @@ class ConvBlock(CachedByInput):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fusable(self, x):
-            w1, b1, w2, b2 = self.cached("folded", self._folded)
             x = x.contiguous(memory_format=torch.channels_last)
+            w1, b1, w2, b2 = self.cached_eager("packed", lambda: self._packed(x.shape))
             y = conv2d_fused(x, w1, b1, self.conv1, act="gelu")
             return conv2d_fused(y, w2, b2, self.conv2, residual=x)
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
@@ -59,10 +59,11 @@ class ConvBlock(CachedByInput):
 
     def _folded(self) -> tuple[torch.Tensor, ...]:
         """(w1, b1, w2, b2): both convs with their BatchNorm, the second with the layer scale, folded in."""
-        w1, b1 = folded_conv(self.conv1, self.norm1)
-        w2, b2 = folded_conv(self.conv2, self.norm2, self.gamma)
-        cl = torch.channels_last
-        return w1.contiguous(memory_format=cl), b1, w2.contiguous(memory_format=cl), b2
+        return (*folded_conv(self.conv1, self.norm1), *folded_conv(self.conv2, self.norm2, self.gamma))
+
+    def _packed(self, input_size: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        w1, b1, w2, b2 = self._folded()
+        return pack_conv_weight(w1, self.conv1, input_size), b1, pack_conv_weight(w2, self.conv2, input_size), b2
 
     def fuse(self) -> ConvBlock:
         """Fold both BatchNorms and the layer scale into the convs (eval only; see `fastvits.fuse`)."""
@@ -74,8 +75,11 @@ class ConvBlock(CachedByInput):
         return self
 
 
-class Downsample(nn.Module):
-    """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage)."""
+class Downsample(CachedByInput):
+    """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage).
+
+    At inference on a CPU the conv runs on channels-last maps with a packed copy of its weight (cached).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -83,6 +87,11 @@ class Downsample(nn.Module):
         self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fusable(self, x):
+            conv = self.reduction[0]
+            x = self.norm(x.contiguous(memory_format=torch.channels_last))  # (B, C, H, W) channels-last
+            weight = self.cached_eager("packed", lambda: pack_conv_weight(conv.weight.detach(), conv, x.shape))
+            return conv2d_fused(x, weight, conv.bias, conv)
         return self.reduction(self.norm(x))
 
 
@@ -107,20 +116,18 @@ class Stem(CachedByInput):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fusable(self, x):
             x = x.contiguous(memory_format=torch.channels_last)
-            for conv, weight, bias in self.cached("folded", self._folded):
+            for conv, weight, bias in self.cached_eager("packed", self._packed):
                 x = conv2d_fused(x, weight, bias, conv, act="relu")
             return x
         return self.conv_down(x)
 
     def _folded(self) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
         """(conv, folded weight, folded bias) for both convs, whether or not `fuse()` already folded them."""
-        layers = list(self.conv_down)
-        folded = []
-        for conv, after in zip(layers, layers[1:]):
-            if isinstance(conv, nn.Conv2d):
-                weight, bias = folded_conv(conv, after)
-                folded.append((conv, weight.contiguous(memory_format=torch.channels_last), bias))
-        return folded
+        pairs = zip(self.conv_down, list(self.conv_down)[1:])
+        return [(conv, *folded_conv(conv, after)) for conv, after in pairs if isinstance(conv, nn.Conv2d)]
+
+    def _packed(self) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
+        return [(conv, pack_conv_weight(weight, conv), bias) for conv, weight, bias in self._folded()]
 
     def fuse(self) -> Stem:
         """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
