@@ -34,26 +34,37 @@ def count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
+def _ops_run(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
 def _stage0(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model.forward_intermediates(x, indices=[0], intermediates_only=True)[0]
 
 
-@pytest.mark.parametrize("name", ["fastervit_0_any_res", "fastervit_4_224"])
+@pytest.mark.parametrize("name", ["fastervit_0_any_res", "fastervit_4_224", "litv2_s"])
 def test_fused_kernels_match_plain_path(name):
-    """Eval-mode CPU inference runs the conv stages as fused oneDNN kernels on channels-last maps (BatchNorm and
-    layer scale folded, GELU/ReLU and the residual add fused) and the MLPs' fc1 + GELU as one kernel."""
+    """Eval-mode CPU inference runs convolutions as fused oneDNN kernels (BatchNorm and layer scale folded,
+    GELU/ReLU and residual adds fused; FasterViT's conv stages on channels-last maps) and the linears with their
+    activation and residual add as one kernel, on packed weights for few rows."""
     model = randomize_batchnorms(small_model(name, **MODELS[name])).eval()
     for size in [(64, 64), (72, 100)]:
         x = torch.randn(2, 3, *size)
         with torch.no_grad(), fastvits.layers.fused_kernels(False):
             plain, plain_map = model(x), _stage0(model, x)
+            plain_ops = _ops_run(lambda: model(x))
         with torch.no_grad():
             fused, fused_map = model(x), _stage0(model, x)
+            fused_ops = _ops_run(lambda: model(x))
         torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(fused_map, plain_map, atol=1e-5, rtol=1e-5)
-        # the fused path really ran: its maps are channels-last, the plain path's are not
-        assert fused_map.is_contiguous(memory_format=torch.channels_last)
-        assert not plain_map.is_contiguous(memory_format=torch.channels_last)
+        fused_kernels = {"mkldnn::_convolution_pointwise", "mkldnn::_linear_pointwise"}
+        assert fused_kernels <= fused_ops and not fused_kernels & plain_ops
+        if name.startswith("fastervit"):  # conv stages: channels-last maps on the fused path only
+            assert fused_map.is_contiguous(memory_format=torch.channels_last)
+            assert not plain_map.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_fused_kernels_follow_weight_changes():
@@ -70,12 +81,6 @@ def test_fused_kernels_follow_weight_changes():
                 plain = model(x)
             assert not torch.allclose(after, before, atol=1e-3)
             torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
-
-
-def _ops_run(fn) -> set[str]:
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return {e.key for e in prof.key_averages()}
 
 
 @pytest.mark.parametrize("rows", [49, 2000])  # packed weights up to PACKED_ROWS rows, MKL's GEMM beyond

@@ -23,10 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .attention import cross_attention, multi_head_attention
 from .attention2d import Attention2d
+from .fused import Linear
 from .windows import pad_nhwc, window_partition, window_reverse
 
 __all__ = ["HiLo", "hilo_head_split"]
@@ -89,12 +89,12 @@ class HiLo(Attention2d):
         self.lofi_dim = self.lofi_heads * self.head_dim
         self.hifi_dim = self.hifi_heads * self.head_dim
         if self.lofi_heads:
-            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias)
-            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
-            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim)
+            self.l_q = Linear(dim, self.lofi_dim, bias=qkv_bias)
+            self.l_kv = Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
+            self.l_proj = Linear(self.lofi_dim, self.lofi_dim)
         if self.hifi_heads:
-            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
-            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim)
+            self.h_qkv = Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
+            self.h_proj = Linear(self.hifi_dim, self.hifi_dim)
 
     def extra_repr(self) -> str:
         return (

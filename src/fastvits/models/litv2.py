@@ -32,6 +32,8 @@ from torchvision.ops import deform_conv2d
 from ..checkpoint import register_checkpoint_filter
 from ..fuse import fold_bn_into_weights
 from ..layers import HiLo, pad_nchw
+from ..layers.cache import CachedByInput
+from ..layers.fused import Linear, conv2d_fused, fusable, pack_conv_weight
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["LITV2_VARIANTS", "ConvFFN", "DeformConv2dPack", "DeformableTokenMerging", "LITv2"]
@@ -87,23 +89,33 @@ class PatchEmbed(nn.Module):
         return _map(self.norm(_tokens(x)), H, W)
 
 
-class ConvFFN(nn.Module):
-    """fc1 -> depthwise 3x3 conv on the map -> GELU -> fc2 (official `DWMlp`); no activation before the conv."""
+class ConvFFN(CachedByInput):
+    """fc1 -> depthwise 3x3 conv on the map -> GELU -> fc2 (official `DWMlp`); no activation before the conv.
+
+    At inference on a CPU (`fastvits.layers.fused`) the depthwise conv and GELU run as one oneDNN kernel on the
+    channels-last map with a packed copy of the conv weight, the linears on packed weights for few rows, and the
+    residual add (if given) inside fc2.
+    """
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
-        """x: (B, H*W, C) tokens."""
+    def forward(self, x: torch.Tensor, H: int, W: int, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, H*W, C) tokens -> fc2(...) + residual (B, H*W, C)."""
+        if fusable(self, x):
+            h = _map(self.fc1(x), H, W).contiguous(memory_format=torch.channels_last)  # (B, hidden, H, W)
+            weight = self.cached_eager("packed", lambda: pack_conv_weight(self.dwconv.weight.detach(), self.dwconv))
+            h = conv2d_fused(h, weight, self.dwconv.bias, self.dwconv, act="gelu")  # (B, hidden, H, W) channels-last
+            return self.fc2(_tokens(h), residual=residual)  # dropouts are identities in eval mode
         x = self.fc1(x)  # (B, N, hidden)
         x = self.dwconv(_map(x, H, W))  # (B, hidden, H, W); channels-last strides, as the official code
-        x = self.act(_tokens(x))  # (B, N, hidden)
-        return self.drop(self.fc2(self.drop(x)))
+        x = self.drop(self.fc2(self.drop(self.act(_tokens(x)))))  # (B, N, C)
+        return x if residual is None else x + residual
 
 
 class LITBlock(nn.Module):
@@ -141,6 +153,8 @@ class LITBlock(nn.Module):
             B, N, C = x.shape
             y = self.attn(self.norm1(x).view(B, H, W, C))  # tokens as a (B, H, W, C) map, HiLo's native layout
             x = x + self.drop_path(y.reshape(B, N, C))
+        if not self.training:  # the residual add runs inside the MLP's last linear
+            return self.mlp(self.norm2(x), H, W, residual=x)
         return x + self.drop_path(self.mlp(self.norm2(x), H, W))
 
 
