@@ -91,7 +91,7 @@ class SwinCarrierTokens(nn.Module):
         """Carrier tokens of a padded (B, Hp, Wp, C) map after their global attention -> (B, nW, c*c, C)."""
         B, _, _, C = x.shape
         c = self.ct_size
-        ct = ct_to_raster(self.tokenizer(x.permute(0, 3, 1, 2), grid), grid, c)  # (B, N_ct, C) raster order
+        ct = ct_to_raster(self.tokenizer(x.permute(0, 3, 1, 2), grid, attn.window_size), grid, c)  # (B, N_ct, C) raster
         bias = self.rel_pos((grid[0] * c, grid[1] * c), ct.shape[1], x.device)  # (1, h, N_ct, N_ct)
         update = multi_head_attention(self.norm(ct), attn.qkv, attn.proj, attn.num_heads, attn.scale, bias)
         ct = ct + self.gamma * update

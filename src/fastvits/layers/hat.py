@@ -58,15 +58,18 @@ def ct_to_windows(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torc
     return window_partition(ct, (ct_size, ct_size))  # (B*nW, c*c, C)
 
 
-def ct_pool_geometry(size: int, windows: int, ct_size: int) -> tuple[int, int]:
-    """(kernel, stride) of the average pooling that turns `size` pixels into `windows * ct_size` CTs.
+def ct_pool_geometry(windows: int, window: int, ct_size: int) -> tuple[int, int]:
+    """(kernel, stride) of the average pooling that turns `windows` windows of `window` pixels (the padded map) into
+    `windows * ct_size` CTs.
 
-    The official rule: stride = size // out, kernel = size - (out - 1) * stride. The pooling regions
-    overlap and are not aligned with the windows; it is reproduced as is for checkpoint parity.
+    The official rule: stride = size // out, kernel = size - (out - 1) * stride, for size = windows * window and
+    out = windows * ct_size. The pooling regions overlap and are not aligned with the windows; it is reproduced as
+    is for checkpoint parity. Since size / out = window / ct_size, the stride is `window // ct_size`: written so,
+    kernel and stride stay linear in `windows`, which keeps torch.compile's symbolic shapes simple (the floor
+    division of two symbolic sizes made `dynamic=True` stall).
     """
-    out = windows * ct_size
-    stride = size // out
-    return size - (out - 1) * stride, stride
+    stride = window // ct_size
+    return windows * window - (windows * ct_size - 1) * stride, stride
 
 
 class CarrierTokenInit(nn.Module):
@@ -77,10 +80,10 @@ class CarrierTokenInit(nn.Module):
         self.ct_size = ct_size
         self.pos_embed = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
 
-    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """x: (B, C, H, W) padded map with H = grid[0] * window, W = grid[1] * window -> (B, N_ct, C)."""
-        kh, sh = ct_pool_geometry(x.shape[2], grid[0], self.ct_size)
-        kw, sw = ct_pool_geometry(x.shape[3], grid[1], self.ct_size)
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
+        """x: (B, C, H, W) padded map with H = grid[0] * window[0], W = grid[1] * window[1] -> (B, N_ct, C)."""
+        kh, sh = ct_pool_geometry(grid[0], window[0], self.ct_size)
+        kw, sw = ct_pool_geometry(grid[1], window[1], self.ct_size)
         ct = F.avg_pool2d(self.pos_embed(x), (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
         B, C = ct.shape[:2]
         windows = window_partition(ct.permute(0, 2, 3, 1), (self.ct_size, self.ct_size))  # (B*nW, c*c, C)
@@ -291,7 +294,7 @@ class HAT2d(Attention2d):
         grid = (Hp // w, Wp // w)
         ct = None
         if self.global_tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
-            ct = self.global_tokenizer(x, grid)  # (B, N_ct, C) window-major
+            ct = self.global_tokenizer(x, grid, (w, w))  # (B, N_ct, C) window-major
         x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
         for blk in self.blocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
