@@ -27,6 +27,15 @@ def test_registry_has_all_official_variants():
     assert set(MODELS) <= set(timm.list_models()), "import fastvits registers every model with timm"
 
 
+@pytest.mark.parametrize("name", KINDS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_empty_batch(name, fused):
+    """A batch of zero images (a detector's empty crop list) gives (0, classes) on both inference paths."""
+    model = small_model(name, num_classes=7).eval()
+    with torch.no_grad(), fastvits.layers.fused_kernels(fused):
+        assert model(torch.randn(0, *INPUT[1:])).shape == (0, 7)
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward(name):
     model = small_model(name, num_classes=7).train()

@@ -102,7 +102,7 @@ def cross_attention(
     B, N, _ = x.shape
     head_dim = q.out_features // num_heads
     queries = q(x).reshape(B, N, num_heads, head_dim).transpose(1, 2)  # (B, h, N, d)
-    kv_out = kv(context).reshape(B, -1, 2, num_heads, head_dim)  # (B, M, 2, h, d)
+    kv_out = kv(context).reshape(B, context.shape[1], 2, num_heads, head_dim)  # (B, M, 2, h, d)
     k, v = kv_out.permute(2, 0, 3, 1, 4).unbind(0)  # 2 x (B, h, M, d)
     out = attend(queries, k, v, scale)  # (B, h, N, d)
     return proj(out.transpose(1, 2).reshape(B, N, num_heads * head_dim))  # (B, N, C)

@@ -87,7 +87,7 @@ class CarrierTokenInit(nn.Module):
         ct = F.avg_pool2d(self.pos_embed(x), (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
         B, C = ct.shape[:2]
         windows = window_partition(ct.permute(0, 2, 3, 1), (self.ct_size, self.ct_size))  # (B*nW, c*c, C)
-        return windows.reshape(B, -1, C)  # (B, N_ct, C) window-major
+        return windows.reshape(B, ct.shape[2] * ct.shape[3], C)  # (B, N_ct, C) window-major
 
 
 def propagate_carrier_tokens(ct: torch.Tensor, ct_size: int, window: tuple[int, int]) -> torch.Tensor:

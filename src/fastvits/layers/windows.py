@@ -58,8 +58,10 @@ def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[i
     wh, ww = window
     H, W = size
     C = windows.shape[-1]
-    x = windows.view(-1, H // wh, W // ww, wh, ww, C)  # (B, nH, nW, wh, ww, C)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)  # (B, H, W, C)
+    nH, nW = H // wh, W // ww
+    B = windows.shape[0] // (nH * nW)
+    x = windows.view(B, nH, nW, wh, ww, C)  # (B, nH, nW, wh, ww, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)  # (B, H, W, C)
 
 
 @cached_constant(maxsize=32)
