@@ -84,7 +84,7 @@ def test_fused_kernels_follow_weight_changes():
 
 
 @pytest.mark.parametrize("rows", [49, 2000])  # packed weights up to PACKED_ROWS rows, MKL's GEMM beyond
-@pytest.mark.parametrize(("act", "with_residual"), [("none", False), ("gelu", False), ("none", True)])
+@pytest.mark.parametrize(("act", "with_residual"), [("none", False), ("gelu", False), ("relu", False), ("none", True)])
 def test_fused_linear_matches_plain_path(rows, act, with_residual):
     """`fastvits.layers.fused.Linear`: act(x W^T + b) + residual as one oneDNN kernel at inference, on a weight
     packed once for few rows; it follows in-place weight changes."""
@@ -103,6 +103,13 @@ def test_fused_linear_matches_plain_path(rows, act, with_residual):
         fused_kernel = "mkldnn::_linear_pointwise" in _ops_run(lambda: layer(x, act, residual))
     assert fused_kernel == (rows <= PACKED_ROWS or act != "none" or with_residual)
     assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: layer(x, act, residual))  # autograd: plain path
+
+
+def test_fused_linear_rejects_unknown_activation():
+    from fastvits.layers.fused import Linear
+
+    with pytest.raises(ValueError, match=r"act must be one of \['gelu', 'none', 'relu'\], got 'silu'"):
+        Linear(4, 4)(torch.randn(2, 4), act="silu")
 
 
 def test_training_and_autograd_take_the_plain_path():

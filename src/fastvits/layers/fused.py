@@ -32,6 +32,7 @@ fused_kernels = Switch("FASTVITS_FUSED_KERNELS")
 """On/off for the whole fast path: `with fused_kernels(False): ...`, `fused_kernels.set(False)`, `.enabled`."""
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 _ALGORITHM = {"none": "", "relu": "", "gelu": "none"}  # "none": exact (erf) GELU, as nn.GELU()
+_PLAIN_ACT = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu}  # the same activations off the fused path
 
 
 def fusable(module: nn.Module, x: torch.Tensor) -> bool:
@@ -82,8 +83,8 @@ FasterViT stage 4 at batch 1), no gain from about 1,000 rows on (tests/benchmark
 
 
 class Linear(CachedByInput, nn.Linear):
-    """`nn.Linear` (same parameters and checkpoint keys) with an optional fused activation ("gelu": exact GELU)
-    and residual add: `layer(x, act, residual)` = `act(x W^T + b) + residual`.
+    """`nn.Linear` (same parameters and checkpoint keys) with an optional fused activation ("relu", or "gelu": exact
+    GELU) and residual add: `layer(x, act, residual)` = `act(x W^T + b) + residual`.
 
     At inference on a CPU (`fusable`) the activation and the add are oneDNN post-ops, and inputs of at most
     `PACKED_ROWS` rows use a copy of the weight packed once into oneDNN's blocked layout (cached, refreshed when
@@ -93,6 +94,8 @@ class Linear(CachedByInput, nn.Linear):
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, act: str = "none", residual: torch.Tensor | None = None
     ) -> torch.Tensor:
+        if act not in _ALGORITHM:
+            raise ValueError(f"Linear: act must be one of {sorted(_ALGORITHM)}, got {act!r}")
         if fusable(self, x) and (residual is None or residual.is_contiguous()):
             small = x.numel() <= PACKED_ROWS * self.in_features
             if act == "none" and residual is None and not small:
@@ -102,9 +105,7 @@ class Linear(CachedByInput, nn.Linear):
             if residual is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
             return torch.ops.mkldnn._linear_pointwise.default(x, weight, self.bias, act, [], _ALGORITHM[act])
-        y = F.linear(x, self.weight, self.bias)
-        if act == "gelu":
-            y = F.gelu(y)
+        y = _PLAIN_ACT[act](F.linear(x, self.weight, self.bias))
         return y if residual is None else y + residual
 
     def _packed(self) -> torch.Tensor:
