@@ -139,6 +139,19 @@ def test_fused_and_plain_attention_agree():
     torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_autocast_on_cpu():
+    """Under CPU bf16 autocast (`fastvits bench --precision bf16`) the deformable conv, whose torchvision CPU kernel
+    has no bf16 path, runs in float32; the output stays close to the float32 model's."""
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
 def test_features_only_and_stop_early():
     model = tiny(features_only=True, out_indices=(1, 2)).eval()
     assert model.feature_info.channels() == [32, 64] and model.feature_info.reduction() == [8, 16]

@@ -185,6 +185,13 @@ class DeformConv2dPack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         offset = self.conv_offset(x)  # (B, 2*k*k, Ho, Wo)
         s, p = self.stride, self.padding
+        kind = x.device.type
+        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
+            # torchvision's CPU kernel has no bf16/fp16 path: run float32 and hand back the input's dtype, as
+            # torchvision's own CUDA autocast wrapper does
+            with torch.autocast(kind, enabled=False):
+                out = deform_conv2d(x.float(), offset.float(), self.weight, self.bias, stride=(s, s), padding=(p, p))
+            return out.to(x.dtype)
         return deform_conv2d(x, offset, self.weight, self.bias, stride=(s, s), padding=(p, p))
 
 
