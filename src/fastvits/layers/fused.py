@@ -26,7 +26,7 @@ from torch import nn
 from .cache import CachedByInput, is_exporting
 from .switch import Switch
 
-__all__ = ["Linear", "Mlp", "PACKED_ROWS", "conv2d_fused", "fusable", "fused_kernels", "pack_conv_weight"]
+__all__ = ["Conv2d", "Linear", "Mlp", "PACKED_ROWS", "conv2d_fused", "fusable", "fused_kernels", "pack_conv_weight"]
 
 fused_kernels = Switch("FASTVITS_FUSED_KERNELS")
 """On/off for the whole fast path: `with fused_kernels(False): ...`, `fused_kernels.set(False)`, `.enabled`."""
@@ -75,6 +75,25 @@ def pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d, input_size: Sequence
     chosen for `input_size` if given; valid for any input size (oneDNN reorders only on a layout mismatch)."""
     size = None if input_size is None else list(input_size)
     return torch._C._nn.mkldnn_reorder_conv2d_weight(weight.to_mkldnn(), *_geometry(conv), size)
+
+
+class Conv2d(CachedByInput, nn.Conv2d):
+    """`nn.Conv2d` (same parameters and checkpoint keys) with an optional fused activation: `conv(x, act)` =
+    `act(conv(x))`, act "none", "relu" or "gelu" (exact).
+
+    At inference on a CPU (`fusable`) it runs on channels-last maps (output channels-last) with a copy of its weight
+    packed once into oneDNN's blocked layout (cached, refreshed when the weight changes) and the activation as a
+    post-op; elsewhere the plain ops run, in the input's memory format.
+    """
+
+    def forward(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:  # type: ignore[override]
+        if act not in _ALGORITHM:
+            raise ValueError(f"Conv2d: act must be one of {sorted(_ALGORITHM)}, got {act!r}")
+        if fusable(self, x) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            x = x.contiguous(memory_format=torch.channels_last)
+            weight = self.cached_eager("packed", lambda: pack_conv_weight(self.weight.detach(), self, x.shape))
+            return conv2d_fused(x, weight, self.bias, self, act)
+        return _PLAIN_ACT[act](super().forward(x))
 
 
 PACKED_ROWS = 512

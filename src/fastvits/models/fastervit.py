@@ -23,7 +23,7 @@ from ..checkpoint import CheckpointError, register_checkpoint_filter
 from ..fuse import folded_conv
 from ..layers import HAT2d
 from ..layers.cache import CachedByInput
-from ..layers.fused import conv2d_fused, fusable, pack_conv_weight
+from ..layers.fused import Conv2d, conv2d_fused, fusable, pack_conv_weight
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["FasterViT"]
@@ -75,23 +75,18 @@ class ConvBlock(CachedByInput):
         return self
 
 
-class Downsample(CachedByInput):
+class Downsample(nn.Module):
     """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage).
 
-    At inference on a CPU the conv runs on channels-last maps with a packed copy of its weight (cached).
+    At inference on a CPU the conv runs on channels-last maps with a packed copy of its weight (`fused.Conv2d`).
     """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = LayerNorm2d(dim, eps=1e-6)
-        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
+        self.reduction = nn.Sequential(Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self, x):
-            conv = self.reduction[0]
-            x = self.norm(x.contiguous(memory_format=torch.channels_last))  # (B, C, H, W) channels-last
-            weight = self.cached_eager("packed", lambda: pack_conv_weight(conv.weight.detach(), conv, x.shape))
-            return conv2d_fused(x, weight, conv.bias, conv)
         return self.reduction(self.norm(x))
 
 

@@ -32,8 +32,7 @@ from torchvision.ops import deform_conv2d
 from ..checkpoint import register_checkpoint_filter
 from ..fuse import fold_bn_into_weights
 from ..layers import HiLo, pad_nchw
-from ..layers.cache import CachedByInput
-from ..layers.fused import Linear, conv2d_fused, fusable, pack_conv_weight
+from ..layers.fused import Conv2d, Linear, fusable
 from ._common import StagedModel, base_cfg, register_variants
 
 __all__ = ["LITV2_VARIANTS", "ConvFFN", "DeformConv2dPack", "DeformableTokenMerging", "LITv2"]
@@ -89,7 +88,7 @@ class PatchEmbed(nn.Module):
         return _map(self.norm(_tokens(x)), H, W)
 
 
-class ConvFFN(CachedByInput):
+class ConvFFN(nn.Module):
     """fc1 -> depthwise 3x3 conv on the map -> GELU -> fc2 (official `DWMlp`); no activation before the conv.
 
     At inference on a CPU (`fastvits.layers.fused`) the depthwise conv and GELU run as one oneDNN kernel on the
@@ -100,22 +99,22 @@ class ConvFFN(CachedByInput):
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = Linear(dim, hidden_dim)
-        self.dwconv = nn.Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
+        self.dwconv = Conv2d(hidden_dim, hidden_dim, kernel_size=3, padding=1, groups=hidden_dim)
         self.act = nn.GELU()
         self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int, residual: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, H*W, C) tokens -> fc2(...) + residual (B, H*W, C)."""
+        h = _map(self.fc1(x), H, W)  # (B, hidden, H, W); channels-last strides, as the official code
         if fusable(self, x):
-            h = _map(self.fc1(x), H, W).contiguous(memory_format=torch.channels_last)  # (B, hidden, H, W)
-            weight = self.cached_eager("packed", lambda: pack_conv_weight(self.dwconv.weight.detach(), self.dwconv))
-            h = conv2d_fused(h, weight, self.dwconv.bias, self.dwconv, act="gelu")  # (B, hidden, H, W) channels-last
-            return self.fc2(_tokens(h), residual=residual)  # dropouts are identities in eval mode
-        x = self.fc1(x)  # (B, N, hidden)
-        x = self.dwconv(_map(x, H, W))  # (B, hidden, H, W); channels-last strides, as the official code
-        x = self.drop(self.fc2(self.drop(self.act(_tokens(x)))))  # (B, N, C)
-        return x if residual is None else x + residual
+            h = _tokens(self.dwconv(h, act="gelu"))  # conv + GELU in one kernel; (B, N, hidden)
+        else:  # GELU on the tokens, the official op order (over the map, vectorisation rounds a few values apart)
+            h = self.act(_tokens(self.dwconv(h)))  # (B, N, hidden)
+        if not self.training:  # dropouts are identities: the residual add runs inside fc2
+            return self.fc2(h, residual=residual)
+        h = self.drop(self.fc2(self.drop(h)))  # (B, N, C)
+        return h if residual is None else h + residual
 
 
 class LITBlock(nn.Module):
