@@ -159,20 +159,44 @@ def test_folding_a_training_model_is_refused():
         timm.utils.reparameterize_model(model)
 
 
-@pytest.mark.parametrize(("name", "dynamic"), [("fastervit_0_any_res", False), ("litv2_s", True)])
-def test_compile_fullgraph(name, dynamic, attn_path):
-    """The whole model is one graph without breaks, for square, non-square and non-divisible inputs.
+def compile_counting_graphs(model: torch.nn.Module, dynamic: bool | None) -> tuple[torch.nn.Module, list]:
+    graphs = []
 
-    LITv2 compiles once with dynamic shapes for all sizes. FasterViT compiles per input size: with
-    `dynamic=True` PyTorch's symbolic-shape simplifier stalls on the carrier-token geometry (docs/benchmarks.md).
-    """
+    def backend(gm, inputs):
+        graphs.append(gm)
+        return gm.forward
+
     torch._dynamo.reset()
+    return torch.compile(model, fullgraph=True, dynamic=dynamic, backend=backend), graphs
+
+
+@pytest.mark.parametrize(
+    ("name", "dynamic"), [("fastervit_0_any_res", False), ("fastervit_0_any_res", True), ("litv2_s", True)]
+)
+def test_compile_fullgraph(name, dynamic, attn_path):
+    """The whole model is one graph without breaks, for square, non-square and non-divisible inputs."""
     model = small_model(name).eval()
-    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic, backend="eager")
+    compiled, _ = compile_counting_graphs(model, dynamic)
     with torch.no_grad():
         for size in [(64, 64), (96, 128), (72, 100)]:
             x = torch.randn(2, 3, *size)
             torch.testing.assert_close(compiled(x), model(x), atol=1e-6, rtol=1e-6)
+
+
+def test_dynamic_compile_one_graph_for_many_sizes():
+    """With dynamic shapes, FasterViT compiles one graph for all input sizes of the same structure, none per size.
+
+    Structure here: several windows in both transformer stages (padded or not), and maps large enough that PyTorch
+    picks the same convolution backend (its choice depends on the size). The first size is not square: PyTorch would
+    otherwise assume H == W ("duck sizing") and compile again for the first non-square size.
+    """
+    model = small_model("fastervit_0_any_res").eval()
+    compiled, graphs = compile_counting_graphs(model, dynamic=True)
+    with torch.no_grad():
+        for size in [(320, 480), (400, 333), (448, 448), (353, 390)]:
+            x = torch.randn(1, 3, *size)
+            torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+    assert len(graphs) == 1
 
 
 def test_compiled_inference_model_reads_cached_position_biases():

@@ -32,7 +32,7 @@ from .hilo import HiLo, hilo_head_split
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding, gather_relative_bias, prepend_zero_bias
 from .sra import SpatialReductionAttention2d
 from .window_attention import WindowAttention2d
-from .windows import pad_amount, pad_nchw, pad_nhwc, shifted_window_mask, window_partition, window_reverse
+from .windows import crop_nhwc, pad_amount, pad_nchw, pad_nhwc, shifted_window_mask, window_partition, window_reverse
 
 __all__ = [
     "ATTENTION_2D",
@@ -61,6 +61,7 @@ __all__ = [
     "hilo_head_split",
     "is_exporting",
     "multi_head_attention",
+    "crop_nhwc",
     "pad_amount",
     "pad_nchw",
     "pad_nhwc",

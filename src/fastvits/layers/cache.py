@@ -100,12 +100,18 @@ class CachedByInput(nn.Module):
         self.frozen = True
         return self
 
+    def computes_in_graph(self) -> bool:
+        """True while a graph is captured that must carry the computation: always, except torch.compile of an
+        inference-only module, which reads what eager cached. The caller can then skip building a cache key, and
+        its sizes stay symbolic under `torch.compile(dynamic=True)` (a key would make them Python ints)."""
+        return is_exporting() and not (self.frozen and not _portable_export())
+
     def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
-        if self.training or torch.is_grad_enabled():
+        if self.training or torch.is_grad_enabled() or self.computes_in_graph():
             return compute()
         key = (key, _autocast_state())
-        if is_exporting():  # in-graph, except torch.compile of an inference-only model reads what eager cached
-            value = self._cache.get(key) if self.frozen and not _portable_export() else None
+        if is_exporting():  # torch.compile of an inference-only model: what eager cached, if it did
+            value = self._cache.get(key)
             return compute() if value is None else value
         return self.cached_eager(key, compute)
 

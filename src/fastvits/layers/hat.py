@@ -27,15 +27,17 @@ from torch import nn
 
 from .attention import Attention
 from .attention2d import Attention2d
+from .cache import is_exporting
 from .fused import Mlp
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding
-from .windows import pad_nchw, window_partition, window_reverse
+from .windows import crop_nhwc, pad_nchw, window_partition, window_reverse
 
 __all__ = [
     "CarrierTokenInit",
     "HAT2d",
     "HATBlock",
     "WindowAttention",
+    "avg_pool_by_matmul",
     "ct_pool_geometry",
     "ct_to_raster",
     "ct_to_windows",
@@ -48,7 +50,7 @@ def ct_to_raster(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch
     B, N, C = ct.shape
     size = (grid[0] * ct_size, grid[1] * ct_size)
     windows = ct.reshape(B * grid[0] * grid[1], ct_size * ct_size, C)  # (B*nW, c*c, C)
-    return window_reverse(windows, (ct_size, ct_size), size).reshape(B, N, C)  # (B, N, C) raster
+    return window_reverse(windows, (ct_size, ct_size), size, B).reshape(B, N, C)  # (B, N, C) raster
 
 
 def ct_to_windows(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch.Tensor:
@@ -72,6 +74,27 @@ def ct_pool_geometry(windows: int, window: int, ct_size: int) -> tuple[int, int]
     return windows * window - (windows * ct_size - 1) * stride, stride
 
 
+def _pool_matrix(windows: int, window: int, ct_size: int, like: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(windows * ct_size, windows * window) 0/1 matrix whose row i marks the pixels of pooling region i on one
+    axis, and the regions' length."""
+    kernel, stride = ct_pool_geometry(windows, window, ct_size)
+    start = torch.arange(windows * ct_size, device=like.device)[:, None] * stride  # (out, 1)
+    pixel = torch.arange(windows * window, device=like.device)[None, :]  # (1, size)
+    return ((pixel >= start) & (pixel < start + kernel)).to(like.dtype), kernel  # (out, size)
+
+
+def avg_pool_by_matmul(x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int], ct_size: int) -> torch.Tensor:
+    """The carrier-token average pooling as two matrix products, for captured graphs.
+
+    `F.avg_pool2d` takes its kernel size as a constant, so under `torch.compile(dynamic=True)` the kernel
+    (which grows with the window grid) would pin the graph to one input size. The same sums taken one axis at
+    a time differ from it only in rounding order.
+    """
+    rows, kh = _pool_matrix(grid[0], window[0], ct_size, x)  # (c*nWh, Hp)
+    cols, kw = _pool_matrix(grid[1], window[1], ct_size, x)  # (c*nWw, Wp)
+    return rows @ x @ cols.T / (kh * kw)  # (B, C, c*nWh, c*nWw)
+
+
 class CarrierTokenInit(nn.Module):
     """Carrier-token initialiser: depthwise 3x3 conv, then average pooling to c x c tokens per window."""
 
@@ -82,9 +105,13 @@ class CarrierTokenInit(nn.Module):
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
         """x: (B, C, H, W) padded map with H = grid[0] * window[0], W = grid[1] * window[1] -> (B, N_ct, C)."""
-        kh, sh = ct_pool_geometry(grid[0], window[0], self.ct_size)
-        kw, sw = ct_pool_geometry(grid[1], window[1], self.ct_size)
-        ct = F.avg_pool2d(self.pos_embed(x), (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
+        x = self.pos_embed(x)
+        if is_exporting():  # sizes may be symbolic: no constant kernel size
+            ct = avg_pool_by_matmul(x, grid, window, self.ct_size)  # (B, C, c*nWh, c*nWw)
+        else:
+            kh, sh = ct_pool_geometry(grid[0], window[0], self.ct_size)
+            kw, sw = ct_pool_geometry(grid[1], window[1], self.ct_size)
+            ct = F.avg_pool2d(x, (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
         B, C = ct.shape[:2]
         windows = window_partition(ct.permute(0, 2, 3, 1), (self.ct_size, self.ct_size))  # (B*nW, c*c, C)
         return windows.reshape(B, ct.shape[2] * ct.shape[3], C)  # (B, N_ct, C) window-major
@@ -287,7 +314,7 @@ class HAT2d(Attention2d):
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W) with channels-last strides."""
-        _, _, H, W = x.shape
+        B, _, H, W = x.shape
         w = self.window_size
         x = pad_nchw(x, (w, w))  # (B, C, Hp, Wp)
         Hp, Wp = x.shape[2:]
@@ -301,7 +328,10 @@ class HAT2d(Attention2d):
                 x, ct = checkpoint(blk, x, ct, grid)
             else:
                 x, ct = blk(x, ct, grid)
-        x = window_reverse(x, (w, w), (Hp, Wp)).permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
+        x = window_reverse(x, (w, w), (Hp, Wp), B)  # (B, Hp, Wp, C)
+        if is_exporting():  # a captured graph crops for every size, as `pad_nchw` pads
+            return crop_nhwc(x, (H, W)).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
+        x = x.permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
         if (Hp, Wp) != (H, W):
             x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
         return x

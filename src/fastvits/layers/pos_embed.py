@@ -58,7 +58,7 @@ def gather_relative_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Te
     """
     n = grid[0] * grid[1]
     index = relative_position_index(grid[0], grid[1], table.device)
-    return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1)  # (heads, n, n)
+    return table[index.view(-1)].view(n, n, table.shape[1]).permute(2, 0, 1)  # (heads, n, n)
 
 
 def prepend_zero_bias(bias: torch.Tensor, extra: int) -> torch.Tensor:
@@ -92,6 +92,8 @@ class ContinuousRelativeBias(CachedByInput):
         return bias.unsqueeze(0).contiguous()  # (1, heads, N, N)
 
     def forward(self, grid: tuple[int, int], seq_len: int, device: torch.device) -> torch.Tensor:
+        if self.computes_in_graph():  # sizes stay symbolic under torch.compile(dynamic=True)
+            return self._expand(self._table(grid, device), grid, seq_len)
         grid = (int(grid[0]), int(grid[1]))
         if self.num_heads * seq_len * seq_len <= FULL_BIAS_CACHE_LIMIT:
             return self.cached(("full", grid, seq_len, device), lambda: self._expand(self._table(grid, device), grid, seq_len))
@@ -122,5 +124,7 @@ class MlpPositionEmbedding(CachedByInput):
         return self.cpb_mlp(coords.flatten(2).transpose(1, 2))  # (1, h*w, dim)
 
     def forward(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if self.computes_in_graph():  # sizes stay symbolic under torch.compile(dynamic=True)
+            return self._compute(grid, device, dtype)
         grid = (int(grid[0]), int(grid[1]))
         return self.cached((grid, device, dtype), lambda: self._compute(grid, device, dtype))

@@ -11,9 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cache import cached_constant
+from .cache import cached_constant, is_exporting
 
-__all__ = ["pad_amount", "pad_nchw", "pad_nhwc", "shifted_window_mask", "window_partition", "window_reverse"]
+__all__ = [
+    "crop_nhwc",
+    "pad_amount",
+    "pad_nchw",
+    "pad_nhwc",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
+]
 
 
 def pad_amount(size: int, multiple: int) -> int:
@@ -26,19 +34,36 @@ def pad_amount(size: int, multiple: int) -> int:
 
 
 def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of `window`."""
+    """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of `window`.
+
+    A captured graph always pads (possibly by zero): the padded size is then `windows x window` for every input size,
+    a product that the reshapes into windows divide exactly, instead of a case split on the size.
+    """
     ph, pw = pad_amount(x.shape[1], window[0]), pad_amount(x.shape[2], window[1])
-    if ph or pw:
+    if is_exporting() or ph or pw:
         x = F.pad(x, (0, 0, 0, pw, 0, ph))
     return x
 
 
 def pad_nchw(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad a (B, C, H, W) map at the bottom and right to multiples of `window`."""
+    """Zero-pad a (B, C, H, W) map at the bottom and right to multiples of `window` (see `pad_nhwc`)."""
     ph, pw = pad_amount(x.shape[2], window[0]), pad_amount(x.shape[3], window[1])
-    if ph or pw:
+    if is_exporting() or ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     return x
+
+
+def crop_nhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The top-left `size` of a (B, Hp, Wp, C) map as a new contiguous (B, H, W, C) tensor, taken by one gather.
+
+    For captured graphs: a slice is contiguous only when nothing was cropped, so a graph that slices must guard
+    on whether the size needed padding; a gather's output is the same for every size.
+    """
+    B, Hp, Wp, C = x.shape
+    H, W = size
+    rows = torch.arange(H, device=x.device)[:, None] * Wp  # (H, 1)
+    index = (rows + torch.arange(W, device=x.device)).view(H * W)  # (H*W,) flat positions in the padded map
+    return x.reshape(B, Hp * Wp, C).index_select(1, index).view(B, H, W, C)  # (B, H, W, C)
 
 
 def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -53,13 +78,19 @@ def window_partition(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     return x.permute(0, 1, 3, 2, 4, 5).reshape(B * nH * nW, wh * ww, C)  # (B*nH*nW, wh*ww, C)
 
 
-def window_reverse(windows: torch.Tensor, window: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """Inverse of `window_partition`: (B * nH * nW, wh * ww, C) -> (B, H, W, C) with (H, W) = `size`."""
+def window_reverse(
+    windows: torch.Tensor, window: tuple[int, int], size: tuple[int, int], batch: int | None = None
+) -> torch.Tensor:
+    """Inverse of `window_partition`: (B * nH * nW, wh * ww, C) -> (B, H, W, C) with (H, W) = `size`.
+
+    Callers that know B pass it as `batch`: under `torch.compile(dynamic=True)` dividing the window count back
+    out leaves a nested symbolic expression that grows with every block.
+    """
     wh, ww = window
     H, W = size
     C = windows.shape[-1]
     nH, nW = H // wh, W // ww
-    B = windows.shape[0] // (nH * nW)
+    B = windows.shape[0] // (nH * nW) if batch is None else batch
     x = windows.view(B, nH, nW, wh, ww, C)  # (B, nH, nW, wh, ww, C)
     return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)  # (B, H, W, C)
 
