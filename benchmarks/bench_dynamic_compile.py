@@ -25,7 +25,7 @@ from fastvits.bench.cli import parse_size
 from fastvits.bench.measure import interleave, machine_info, paired_ratio
 from fastvits.bench.suite import size_text
 
-DEFAULT_SIZES = ["256", "320x480", "448", "576x960"]
+DEFAULT_SIZES = ["320x480", "256", "448", "576x960"]  # the first not square, or PyTorch assumes H == W at first
 
 
 def cached_graphs(model: torch.nn.Module) -> int:
