@@ -65,6 +65,30 @@ def test_fused_kernels_match_plain_path(name):
         if name.startswith("fastervit"):  # conv stages: channels-last maps on the fused path only
             assert fused_map.is_contiguous(memory_format=torch.channels_last)
             assert not plain_map.is_contiguous(memory_format=torch.channels_last)
+        else:  # token merging: a weighted gather + GEMM instead of torchvision's deformable conv
+            assert "aten::embedding_bag" in fused_ops and "torchvision::deform_conv2d" not in fused_ops
+            assert "torchvision::deform_conv2d" in plain_ops
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "size"),
+    [(2, 2, 0, (14, 14)), (2, 2, 0, (15, 9)), (3, 1, 1, (10, 13)), (3, 2, 1, (9, 9))],
+)
+def test_sampled_deform_conv_matches_torchvision(kernel, stride, padding, size):
+    """The weighted-gather deformable conv equals torchvision's, offsets reaching past every border included."""
+    from torchvision.ops import deform_conv2d
+
+    from fastvits.layers.deform import deform_conv2d_sampled
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, *size)
+    weight, bias = torch.randn(12, 8, kernel, kernel) * 0.2, torch.randn(12)
+    ho, wo = ((n + 2 * padding - kernel) // stride + 1 for n in size)
+    offset = torch.randn(2, 2 * kernel * kernel, ho, wo) * 3  # many samples fall partly or wholly off the map
+    expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=padding)
+    torch.testing.assert_close(
+        deform_conv2d_sampled(x, offset, weight, bias, stride, padding), expected, atol=1e-5, rtol=1e-5
+    )
 
 
 def test_fused_kernels_follow_weight_changes():
