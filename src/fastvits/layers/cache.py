@@ -16,8 +16,9 @@ from typing import Any, Callable, Hashable, TypeVar
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-__all__ = ["CachedByInput", "cached_constant", "is_exporting"]
+__all__ = ["CachedByInput", "cached_constant", "is_concrete", "is_exporting"]
 
 Factory = TypeVar("Factory", bound=Callable[..., torch.Tensor | None])
 T = TypeVar("T")
@@ -34,6 +35,17 @@ def is_exporting() -> bool:
     `torch.compiler.is_compiling()` holds), so no ONNX check is needed: it would cost more than all of these.
     """
     return torch.compiler.is_compiling() or _jit()
+
+
+def is_concrete(*sizes: int) -> bool:
+    """False if a size is symbolic (`torch.compile(dynamic=True)`), True for plain ints (eager, static graphs).
+
+    Inside a graph being captured a symbolic size does not show as one (dynamo hides `isinstance(n, torch.SymInt)`),
+    but nothing can be proved about it without a guard: an int is even or odd, a symbol is neither as far as
+    `statically_known_true` is concerned (a symbol of provable parity would count as concrete and cost a
+    recompilation per value, never a wrong result).
+    """
+    return all(statically_known_true(n % 2 == 0) or statically_known_true(n % 2 == 1) for n in sizes)
 
 
 def _portable_export() -> bool:

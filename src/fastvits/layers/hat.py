@@ -27,7 +27,7 @@ from torch import nn
 
 from .attention import Attention
 from .attention2d import Attention2d
-from .cache import is_exporting
+from .cache import is_concrete
 from .fused import Mlp
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding
 from .windows import crop_nhwc, pad_nchw, window_partition, window_reverse
@@ -84,7 +84,7 @@ def _pool_matrix(windows: int, window: int, ct_size: int, like: torch.Tensor) ->
 
 
 def avg_pool_by_matmul(x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int], ct_size: int) -> torch.Tensor:
-    """The carrier-token average pooling as two matrix products, for captured graphs.
+    """The carrier-token average pooling as two matrix products, for symbolic sizes.
 
     `F.avg_pool2d` takes its kernel size as a constant, so under `torch.compile(dynamic=True)` the kernel
     (which grows with the window grid) would pin the graph to one input size. The same sums taken one axis at
@@ -106,12 +106,12 @@ class CarrierTokenInit(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
         """x: (B, C, H, W) padded map with H = grid[0] * window[0], W = grid[1] * window[1] -> (B, N_ct, C)."""
         x = self.pos_embed(x)
-        if is_exporting():  # sizes may be symbolic: no constant kernel size
-            ct = avg_pool_by_matmul(x, grid, window, self.ct_size)  # (B, C, c*nWh, c*nWw)
-        else:
+        if is_concrete(*grid):
             kh, sh = ct_pool_geometry(grid[0], window[0], self.ct_size)
             kw, sw = ct_pool_geometry(grid[1], window[1], self.ct_size)
             ct = F.avg_pool2d(x, (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
+        else:  # symbolic sizes: no constant kernel size
+            ct = avg_pool_by_matmul(x, grid, window, self.ct_size)  # (B, C, c*nWh, c*nWw)
         B, C = ct.shape[:2]
         windows = window_partition(ct.permute(0, 2, 3, 1), (self.ct_size, self.ct_size))  # (B*nW, c*c, C)
         return windows.reshape(B, ct.shape[2] * ct.shape[3], C)  # (B, N_ct, C) window-major
@@ -329,7 +329,7 @@ class HAT2d(Attention2d):
             else:
                 x, ct = blk(x, ct, grid)
         x = window_reverse(x, (w, w), (Hp, Wp), B)  # (B, Hp, Wp, C)
-        if is_exporting():  # a captured graph crops for every size, as `pad_nchw` pads
+        if not is_concrete(H, W):  # symbolic sizes: crop for every size, as `pad_nchw` pads
             return crop_nhwc(x, (H, W)).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
         x = x.permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
         if (Hp, Wp) != (H, W):

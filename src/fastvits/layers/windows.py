@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cache import cached_constant, is_exporting
+from .cache import cached_constant, is_concrete
 
 __all__ = [
     "crop_nhwc",
@@ -36,11 +36,12 @@ def pad_amount(size: int, multiple: int) -> int:
 def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of `window`.
 
-    A captured graph always pads (possibly by zero): the padded size is then `windows x window` for every input size,
-    a product that the reshapes into windows divide exactly, instead of a case split on the size.
+    With symbolic sizes (`torch.compile(dynamic=True)`) it always pads, possibly by zero: the padded size is then
+    `windows x window` for every input size, a product that the reshapes into windows divide exactly, instead of
+    a case split on the size.
     """
     ph, pw = pad_amount(x.shape[1], window[0]), pad_amount(x.shape[2], window[1])
-    if is_exporting() or ph or pw:
+    if not is_concrete(ph, pw) or ph or pw:
         x = F.pad(x, (0, 0, 0, pw, 0, ph))
     return x
 
@@ -48,7 +49,7 @@ def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
 def pad_nchw(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """Zero-pad a (B, C, H, W) map at the bottom and right to multiples of `window` (see `pad_nhwc`)."""
     ph, pw = pad_amount(x.shape[2], window[0]), pad_amount(x.shape[3], window[1])
-    if is_exporting() or ph or pw:
+    if not is_concrete(ph, pw) or ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     return x
 
@@ -56,8 +57,8 @@ def pad_nchw(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
 def crop_nhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """The top-left `size` of a (B, Hp, Wp, C) map as a new contiguous (B, H, W, C) tensor, taken by one gather.
 
-    For captured graphs: a slice is contiguous only when nothing was cropped, so a graph that slices must guard
-    on whether the size needed padding; a gather's output is the same for every size.
+    For symbolic sizes: a slice is contiguous only when nothing was cropped, so a graph that slices must guard on
+    whether the size needed padding; a gather's output is the same for every size.
     """
     B, Hp, Wp, C = x.shape
     H, W = size
