@@ -45,6 +45,8 @@ def is_concrete(*sizes: int) -> bool:
     `statically_known_true` is concerned (a symbol of provable parity would count as concrete and cost a
     recompilation per value, never a wrong result).
     """
+    if _jit():  # the TorchScript tracer records sizes as tensors and the sizes of its example
+        return True
     return all(statically_known_true(n % 2 == 0) or statically_known_true(n % 2 == 1) for n in sizes)
 
 
