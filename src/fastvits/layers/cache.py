@@ -38,14 +38,15 @@ def is_exporting() -> bool:
 
 
 def is_concrete(*sizes: int) -> bool:
-    """False if a size is symbolic (`torch.compile(dynamic=True)`), True for plain ints (eager, static graphs).
+    """False if a size is symbolic (`torch.compile(dynamic=True)`, torch.export), True for plain ints (eager,
+    TorchScript, static graphs).
 
     Inside a graph being captured a symbolic size does not show as one (dynamo hides `isinstance(n, torch.SymInt)`),
     but nothing can be proved about it without a guard: an int is even or odd, a symbol is neither as far as
     `statically_known_true` is concerned (a symbol of provable parity would count as concrete and cost a
-    recompilation per value, never a wrong result).
+    recompilation per value, never a wrong result). Outside torch.compile / torch.export sizes are ints: no check.
     """
-    if _jit():  # the TorchScript tracer records sizes as tensors and the sizes of its example
+    if not torch.compiler.is_compiling():
         return True
     return all(statically_known_true(n % 2 == 0) or statically_known_true(n % 2 == 1) for n in sizes)
 

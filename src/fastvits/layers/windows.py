@@ -33,25 +33,23 @@ def pad_amount(size: int, multiple: int) -> int:
     return (size + multiple - 1) // multiple * multiple - size
 
 
-def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of `window`.
+def _must_pad(ph: int, pw: int) -> bool:
+    """Whether to pad by (ph, pw). With symbolic sizes (`torch.compile(dynamic=True)`) always, possibly by zero: the
+    padded size is then `windows x window` for every input size, a product that the reshapes into windows divide
+    exactly, instead of a case split on the size (hence the symbolic check first: `ph or pw` would be a guard)."""
+    return not is_concrete(ph, pw) or bool(ph or pw)
 
-    With symbolic sizes (`torch.compile(dynamic=True)`) it always pads, possibly by zero: the padded size is then
-    `windows x window` for every input size, a product that the reshapes into windows divide exactly, instead of
-    a case split on the size.
-    """
+
+def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Zero-pad a (B, H, W, C) map at the bottom and right to multiples of `window`."""
     ph, pw = pad_amount(x.shape[1], window[0]), pad_amount(x.shape[2], window[1])
-    if not is_concrete(ph, pw) or ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    return x
+    return F.pad(x, (0, 0, 0, pw, 0, ph)) if _must_pad(ph, pw) else x
 
 
 def pad_nchw(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
-    """Zero-pad a (B, C, H, W) map at the bottom and right to multiples of `window` (see `pad_nhwc`)."""
+    """Zero-pad a (B, C, H, W) map at the bottom and right to multiples of `window`."""
     ph, pw = pad_amount(x.shape[2], window[0]), pad_amount(x.shape[3], window[1])
-    if not is_concrete(ph, pw) or ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x
+    return F.pad(x, (0, pw, 0, ph)) if _must_pad(ph, pw) else x
 
 
 def crop_nhwc(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
