@@ -1,13 +1,15 @@
 """ONNX export (`fastvits.export`) run in onnxruntime and compared with PyTorch."""
 
+import json
+
 import pytest
 import torch
 
 import fastvits
-from fastvits.export import export_onnx, verify_onnx
+from fastvits.export import SIZE_METADATA_KEY, check_onnx_input, export_onnx, min_dynamic_size, verify_onnx
 
 onnx = pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
+ort = pytest.importorskip("onnxruntime")
 
 LITV2_TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
 FASTERVIT_TINY = dict(dim=16, in_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4))
@@ -68,3 +70,76 @@ def test_input_size_from_pretrained_cfg_and_errors(tmp_path):
         export_onnx(model, tmp_path / "x.onnx", (64, 96), dynamo=False)
     with pytest.raises(ValueError, match="input_size"):
         export_onnx(torch.nn.Conv2d(3, 4, 3), tmp_path / "x.onnx", dynamo=False)
+
+
+# ------------------------------------------------------------------------------- dynamic height and width
+def _dynamic_export(model, path, size):
+    pytest.importorskip("onnxscript")
+    return export_onnx(model, path, size, dynamic_size=True, max_size=512)
+
+
+def _size_metadata(path) -> dict:
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    return json.loads(meta[SIZE_METADATA_KEY])
+
+
+def test_litv2_dynamic_size_onnx(tmp_path):
+    """One graph for every multiple of 32, non-square too, each size exact against PyTorch."""
+    model = randomized(fastvits.create_model("litv2_s", num_classes=10, **LITV2_TINY))
+    path = _dynamic_export(model, tmp_path / "litv2_dyn.onnx", SIZE)
+    assert _size_metadata(path) == {"multiple": 32, "min": 64, "max": 512}
+    for shape in [(2, 3, 64, 96), (1, 3, 128, 64), (3, 3, 96, 160)]:
+        assert verify_onnx(path, model, torch.randn(shape), atol=1e-4) < 1e-4
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check_onnx_input(session, (4, 3, 512, 64))
+    for bad in [(1, 3, 32, 64), (1, 3, 64, 70), (1, 3, 544, 64)]:  # below min, not a multiple, above max
+        with pytest.raises(ValueError, match="multiples of 32 from 64 to 512"):
+            check_onnx_input(session, bad)
+        with pytest.raises(ValueError, match="multiples of 32 from 64 to 512"):
+            verify_onnx(path, model, torch.randn(bad))
+
+
+@pytest.mark.parametrize("head", ["classifier", "features_only"])
+def test_fastervit_dynamic_size_onnx(head, tmp_path):
+    """FasterViT's graph holds from the size at which its last stage (stride 32, 7x7 windows) has two windows per
+    side: below, the exporter would fix the window count at 1 (and a one-window carrier-token stage is another
+    graph). A detection backbone (features_only: four maps) exports the same way."""
+    kwargs = dict(features_only=True) if head == "features_only" else dict(num_classes=10)
+    model = randomized(fastvits.create_model("fastervit_0_224", **kwargs, **FASTERVIT_TINY))
+    assert min_dynamic_size(model) == 256
+    path = _dynamic_export(model, tmp_path / "fastervit_dyn.onnx", (3, 256, 288))
+    assert _size_metadata(path) == {"multiple": 32, "min": 256, "max": 512}
+    # stage 3 / stage 4 windows: 3x3 / 2x2 (both padded), 3x5 / 2x3, 4x2 / 2x1 ... 5x5 / 3x3 (448: no stage-3 padding)
+    for shape in [(2, 3, 256, 256), (1, 3, 256, 480), (3, 3, 448, 256), (1, 3, 480, 448)]:
+        assert verify_onnx(path, model, torch.randn(shape), atol=1e-4) < 1e-4
+
+
+def test_dynamic_size_export_errors(tmp_path):
+    model = fastvits.create_model("fastervit_0_224", num_classes=10, **FASTERVIT_TINY).eval()
+    with pytest.raises(ValueError, match=r"e\.g\. \(C, 256, 320\)"):  # one stage-4 window; not a multiple of 32
+        export_onnx(model, tmp_path / "x.onnx", (3, 224, 300), dynamic_size=True)
+    with pytest.raises(ValueError, match="max_size=64 is below"):
+        export_onnx(model, tmp_path / "x.onnx", (3, 256, 256), dynamic_size=True, max_size=64)
+    with pytest.raises(ValueError, match="dynamo=True"):
+        export_onnx(model, tmp_path / "x.onnx", (3, 256, 256), dynamic_size=True, dynamo=False)
+    with pytest.raises(ValueError, match="feature_info"):
+        export_onnx(torch.nn.Conv2d(3, 4, 3), tmp_path / "x.onnx", (3, 64, 64), dynamic_size=True)
+
+
+class _RowsPlusColumns(torch.nn.Module):
+    """Adds per-64-px-block means of rows and of columns: at a 64-px example both block counts are 1 and
+    broadcasting fixes them there."""
+
+    feature_info = [dict(reduction=32)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        rows = x.reshape(B, C, H // 64, -1).mean(3, keepdim=True)  # (B, C, H/64, 1)
+        cols = x.transpose(2, 3).reshape(B, C, W // 64, -1).mean(3, keepdim=True)  # (B, C, W/64, 1)
+        return (rows + cols).mean(dim=(2, 3))  # (B, C)
+
+
+def test_dynamic_size_export_refuses_a_narrowed_range(tmp_path):
+    pytest.importorskip("onnxscript")
+    with pytest.raises(ValueError, match="serves heights from 64 to"):
+        export_onnx(_RowsPlusColumns(), tmp_path / "x.onnx", (3, 64, 64), dynamic_size=True, max_size=512)

@@ -12,12 +12,18 @@ Two exporters:
 - `dynamo=False`: the older TorchScript-tracing exporter; no extra dependency and faster to run,
   deprecated by PyTorch.
 Both export the plain attention path (`fastvits.layers.fused_attn(False)`) and give a graph with a
-dynamic batch dimension. Height and width stay fixed: the models pad to
-window multiples with amounts computed from the input size, which the exported graph freezes.
+dynamic batch dimension. Height and width are fixed by default: the models pad to window multiples
+with amounts computed from the input size, which a traced graph freezes. `dynamic_size=True` (dynamo
+exporter) leaves them symbolic too, over the sizes for which one graph is exact: multiples of the
+model's total stride (32) from `min_dynamic_size` up to `max_size`. FasterViT's lower bound is where
+every carrier-token stage has more than one window per side (a one-window map runs without carrier
+tokens, another graph). The range is written into the file's metadata (`SIZE_METADATA_KEY`); check an
+input against it with `check_onnx_input(session, shape)` (`verify_onnx` does).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -30,9 +36,18 @@ import torchvision
 
 from .layers import fused_attn
 
-__all__ = ["DEFORM_CONV_MIN_OPSET", "export_onnx", "verify_onnx"]
+__all__ = [
+    "DEFORM_CONV_MIN_OPSET",
+    "SIZE_METADATA_KEY",
+    "check_onnx_input",
+    "export_onnx",
+    "min_dynamic_size",
+    "size_multiple",
+    "verify_onnx",
+]
 
 DEFORM_CONV_MIN_OPSET = 19  # first opset with DeformConv
+SIZE_METADATA_KEY = "fastvits.dynamic_size"  # JSON {"multiple", "min", "max"} of a dynamic-size export
 
 
 def _uses_deform_conv(model: nn.Module) -> bool:
@@ -73,7 +88,15 @@ def _deform_conv2d_onnxscript(
     return op.DeformConv(input, weight, offset, bias, **attrs)
 
 
-def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool, names: dict) -> None:
+def _export_dynamo(
+    model: nn.Module,
+    x: torch.Tensor,
+    path: Path,
+    opset: int,
+    dynamic_batch: bool,
+    names: dict,
+    size_range: dict[str, int] | None,
+) -> None:
     try:
         import onnxscript  # noqa: F401
     except ImportError as e:
@@ -81,18 +104,60 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dy
             "export_onnx(dynamo=True) needs onnxscript: pip install onnxscript (or fastvits[onnx]), "
             "or use the TorchScript exporter with dynamo=False"
         ) from e
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    torch.onnx.export(
-        model,
-        (x,),
-        str(path),
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else {}
+    if size_range is not None:
+        m = size_range["multiple"]
+        for axis, name in ((2, "height"), (3, "width")):
+            # Multiples of the total stride: every stage's map is then an exact fraction of the input.
+            dims[axis] = m * torch.export.Dim(f"{name}_blocks", min=size_range["min"] // m, max=size_range["max"] // m)
+    try:
+        # torch.export first, so that a size range the model cannot serve fails here instead of the ONNX
+        # exporter falling back to a tracer that would freeze the sizes.
+        exported = torch.export.export(model, (x,), dynamic_shapes=(dims,) if dims else None)
+    except torch._dynamo.exc.UserError as e:
+        if size_range is None:
+            raise
+        raise ValueError(
+            f"{type(model).__name__} does not export as one graph for every size in {_size_text(size_range)}: "
+            f"{e}\nExport with dynamic_size=False (fixed H x W), or narrow the range (max_size)."
+        ) from e
+    if size_range is not None:
+        _check_served_sizes(exported, size_range)
+    program = torch.onnx.export(
+        exported,
         dynamo=True,
         opset_version=opset,
-        dynamic_shapes=dynamic_shapes,
         custom_translation_table={torch.ops.torchvision.deform_conv2d.default: _deform_conv2d_onnxscript},
         verbose=False,
         **names,
     )
+    if size_range is not None:
+        program.model.metadata_props[SIZE_METADATA_KEY] = json.dumps(size_range)
+    program.save(str(path))
+
+
+def _check_served_sizes(exported: torch.export.ExportedProgram, size_range: dict[str, int]) -> None:
+    """Refuse an export whose graph serves fewer sizes than asked. torch.export narrows the range of a derived
+    dimension (height = 32 * blocks) instead of failing when the example fixed a size that depends on it, and
+    the ONNX graph drops the range checks that the exported program keeps."""
+    from torch.utils._sympy.value_ranges import bound_sympy
+
+    name = exported.graph_signature.user_inputs[0]
+    image = next(n for n in exported.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"]
+    symbols = {k: v for k, v in exported.range_constraints.items() if k.is_Symbol}
+    for axis, side in ((2, "height"), (3, "width")):
+        size = image.shape[axis]
+        if isinstance(size, int):
+            served = (size, size)
+        else:
+            bounds = bound_sympy(size.node.expr, symbols)
+            served = (int(bounds.lower), int(bounds.upper))
+        if served != (size_range["min"], size_range["max"]):
+            raise ValueError(
+                f"the exported graph serves {side}s from {served[0]} to {served[1]} px only, not "
+                f"{_size_text(size_range)}: a size in the model depends on the input size in a way that fixes it; "
+                "export with dynamic_size=False (fixed H x W), or with max_size within that range"
+            )
 
 
 # ----------------------------------------------------------------------------- TorchScript exporter
@@ -147,6 +212,88 @@ def _example_input(model: nn.Module, input_size: Sequence[int] | None) -> torch.
     return torch.randn(2, *input_size, device=device, dtype=dtype)
 
 
+def size_multiple(model: nn.Module) -> int:
+    """The model's total stride (its largest feature reduction; 32 for FasterViT and LITv2): a dynamic-size
+    export takes heights and widths that are multiples of it."""
+    info = getattr(model, "feature_info", None)
+    if info is None:
+        raise ValueError(
+            f"{type(model).__name__} has no feature_info to take its total stride from; "
+            "export it with dynamic_size=False (fixed H x W)"
+        )
+    reductions = info.reduction() if hasattr(info, "reduction") else [f["reduction"] for f in info]  # timm FeatureInfo
+    return max(reductions)
+
+
+def min_dynamic_size(model: nn.Module, in_chans: int = 3) -> int:
+    """Smallest side of a dynamic-size export: two strides, and more than one window per side in every `HAT2d`.
+    An exporter fixes every dimension that is 1 in its example (a one-window map's window count), and a map that
+    fits in one window runs without carrier tokens, another graph. The HAT layers' strides are read from one
+    forward pass (eval mode)."""
+    from .layers import HAT2d
+
+    multiple = size_multiple(model)
+    probe = 8 * multiple  # any multiple of the total stride gives exact strides
+    strides: list[tuple[int, int]] = []  # (stride of the layer's map, window size)
+
+    def record(layer: nn.Module, args: tuple) -> None:
+        side = args[0].shape[1] if layer.channels_last else args[0].shape[2]  # (B, H, W, C) or (B, C, H, W)
+        strides.append((probe // side, layer.window_size))
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, HAT2d)]
+    if hooks:
+        param = next(model.parameters())
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, in_chans, probe, probe, device=param.device, dtype=param.dtype))
+        finally:
+            for h in hooks:
+                h.remove()
+    one_window = max((stride * window for stride, window in strides), default=0)  # largest side with one window
+    return max(2 * multiple, (one_window // multiple + 1) * multiple)
+
+
+def _size_text(size_range: dict[str, int]) -> str:
+    return f"multiples of {size_range['multiple']} from {size_range['min']} to {size_range['max']} px per side"
+
+
+def _serves(size_range: dict[str, int], h: int, w: int) -> bool:
+    m, lo, hi = size_range["multiple"], size_range["min"], size_range["max"]
+    return all(side % m == 0 and lo <= side <= hi for side in (h, w))
+
+
+def check_onnx_input(session: Any, shape: Sequence[int]) -> None:
+    """Raise ValueError if an input of `shape` (B, C, H, W) is outside the sizes that the model of an
+    `onnxruntime.InferenceSession` was exported for by a dynamic-size export (no-op for other models:
+    onnxruntime checks fixed sizes itself). The graph cannot check this range: call it before `session.run`."""
+    meta = session.get_modelmeta().custom_metadata_map
+    if SIZE_METADATA_KEY not in meta:
+        return
+    size_range = json.loads(meta[SIZE_METADATA_KEY])
+    h, w = shape[-2:]
+    if not _serves(size_range, h, w):
+        raise ValueError(
+            f"input {h}x{w} is outside the sizes this ONNX model was exported for ({_size_text(size_range)}): "
+            f"resize or pad the image to such a size, or export for this size (export_onnx(..., input_size=(C, {h}, "
+            f"{w})))"
+        )
+
+
+def _dynamic_size_range(model: nn.Module, x: torch.Tensor, max_size: int) -> dict[str, int]:
+    """The size range of a dynamic-size export, checked against the example input x."""
+    size_range = dict(multiple=size_multiple(model), min=min_dynamic_size(model, x.shape[1]), max=max_size)
+    m, lo = size_range["multiple"], size_range["min"]
+    if lo > max_size:
+        raise ValueError(f"max_size={max_size} is below the smallest size this model exports for ({lo})")
+    h, w = x.shape[2:]
+    if not _serves(size_range, h, w):
+        raise ValueError(
+            f"input_size {h}x{w} is not one of the sizes a dynamic-size export serves ({_size_text(size_range)}); "
+            f"pass such an input_size, e.g. (C, {max(lo, -(-h // m) * m)}, {max(lo, -(-w // m) * m)})"
+        )
+    return size_range
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -155,6 +302,8 @@ def export_onnx(
     opset: int = DEFORM_CONV_MIN_OPSET,
     *,
     dynamo: bool = True,
+    dynamic_size: bool = False,
+    max_size: int = 2048,
 ) -> Path:
     """Export `model` (in eval mode) to an ONNX file; returns the path.
 
@@ -165,6 +314,10 @@ def export_onnx(
         dynamic_batch: leave the batch dimension symbolic (inputs and outputs).
         opset: ONNX opset; >= 19 when the model has deformable convolutions (LITv2).
         dynamo: use PyTorch's `torch.export`-based exporter (needs onnxscript); False: the TorchScript one.
+        dynamic_size: leave height and width symbolic too (dynamo exporter): one graph for every side that is a
+            multiple of `size_multiple(model)` from `min_dynamic_size` to `max_size`; input_size must be such a
+            size. The range goes into the file's metadata (`check_onnx_input` reads it).
+        max_size: largest height and width of a dynamic-size export.
 
     The model is exported with `eval()` semantics and put back in its previous mode afterwards. Outputs
     are named `output` (or `output_0`, `output_1`, ... for a list, e.g. a `features_only` model); the
@@ -175,12 +328,15 @@ def export_onnx(
             f"{type(model).__name__} has deformable convolutions, which ONNX supports from opset "
             f"{DEFORM_CONV_MIN_OPSET} (DeformConv); got opset={opset}"
         )
+    if dynamic_size and not dynamo:
+        raise ValueError("dynamic_size=True needs the dynamo exporter (dynamo=True); the TorchScript tracer fixes H, W")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     model.eval()
     try:
         x = _example_input(model, input_size)
+        size_range = _dynamic_size_range(model, x, max_size) if dynamic_size else None
         with torch.no_grad():
             out = model(x)
         n_out = len(out) if isinstance(out, (list, tuple)) else 1
@@ -194,7 +350,7 @@ def export_onnx(
         # exporters decompose SDPA into the same nodes anyway, and the dynamo one fails on SDPA with a bias.
         with fused_attn(False):
             if dynamo:
-                _export_dynamo(model, x, path, opset, dynamic_batch, names)
+                _export_dynamo(model, x, path, opset, dynamic_batch, names, size_range)
             else:
                 _export_torchscript(model, x, path, opset, dynamic_batch, names)
     finally:
@@ -211,6 +367,7 @@ def verify_onnx(path: str | os.PathLike, model: nn.Module, x: torch.Tensor, atol
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    check_onnx_input(session, x.shape)
     got = session.run(None, {session.get_inputs()[0].name: x.detach().cpu().numpy()})
     was_training = model.training
     model.eval()
