@@ -7,6 +7,7 @@ bookkept and that every backend returns the plain eager output.
 import csv
 import json
 import os
+import subprocess
 import sys
 
 import pytest
@@ -252,3 +253,21 @@ def test_gmacs_count_the_work_of_fused_kernels():
     with torch.no_grad(), fused_kernels(False):
         plain = measure.count_gmacs(lambda: model(x), 1)
     assert gmacs == pytest.approx(plain) and gmacs > 0
+
+
+def _allocator_seen(env: dict[str, str]) -> str:
+    code = "from fastvits.bench.measure import machine_info; print(machine_info()['allocator'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads /proc/self/maps")
+def test_machine_info_names_the_allocator():
+    """Results say which C allocator ran them (a preloaded tcmalloc changes large-batch figures)."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    assert _allocator_seen(env) == "glibc malloc"
+    env["MALLOC_TRIM_THRESHOLD_"] = "1000000000"
+    assert _allocator_seen(env) == "glibc malloc (MALLOC_TRIM_THRESHOLD_=1000000000)"
+    tcmalloc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"  # Debian's libtcmalloc-minimal4, if installed
+    if os.path.exists(tcmalloc):
+        assert _allocator_seen({**env, "LD_PRELOAD": tcmalloc}) == "tcmalloc"

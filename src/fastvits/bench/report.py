@@ -181,7 +181,8 @@ def print_results(results: Any, file: TextIO = sys.stdout) -> None:
     roof = m.get("roof_gflops")
     print(
         f"\n{m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} threads, torch {m['torch']}, "
-        f"{m.get('gpu', 'cpu')}" + (f", GEMM roof {roof:.1f} GFLOP/s" if roof else ""),
+        f"{m.get('gpu', 'cpu')}, {m.get('allocator', 'allocator unknown')}"
+        + (f", GEMM roof {roof:.1f} GFLOP/s" if roof else ""),
         file=file,
     )
     print(format_table(results.rows), file=file)

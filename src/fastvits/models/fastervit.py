@@ -111,7 +111,7 @@ class Stem(CachedByInput):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if fusable(self, x):
             x = x.contiguous(memory_format=torch.channels_last)
-            for conv, weight, bias in self.cached_eager("packed", self._packed):
+            for conv, weight, bias in self.cached_eager("packed", lambda: self._packed(x.shape)):
                 x = conv2d_fused(x, weight, bias, conv, act="relu")
             return x
         return self.conv_down(x)
@@ -121,8 +121,15 @@ class Stem(CachedByInput):
         pairs = zip(self.conv_down, list(self.conv_down)[1:])
         return [(conv, *folded_conv(conv, after)) for conv, after in pairs if isinstance(conv, nn.Conv2d)]
 
-    def _packed(self) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
-        return [(conv, pack_conv_weight(weight, conv), bias) for conv, weight, bias in self._folded()]
+    def _packed(self, input_size: Sequence[int]) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
+        """Folded weights in the layouts oneDNN picks for an input of `input_size` (B, C, H, W): packed without the
+        size, FasterViT-2's second conv got a layout its batch-1 kernel reorders on every call (2x slower)."""
+        packed, size = [], list(input_size)
+        for conv, weight, bias in self._folded():
+            packed.append((conv, pack_conv_weight(weight, conv, size), bias))
+            B, _, H, W = size
+            size = [B, conv.out_channels, (H - 1) // 2 + 1, (W - 1) // 2 + 1]  # 3x3, stride 2, padding 1
+        return packed
 
     def fuse(self) -> Stem:
         """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
