@@ -213,6 +213,8 @@ def test_bench_writes_csv_json_png_and_fast_paths_match(tmp_path):
         assert float(rows[3]["max_abs_diff"]) > 0
     assert report["settings"]["backends"] == backends
     assert report["rows"][0]["samples"] and report["machine"]["roof_gflops"] == 50
+    if os.path.exists("/proc/self/stat"):  # Linux: getrusage counts minor page faults
+        assert all(float(r["page_faults"]) >= 0 for r in rows)
     assert (tmp_path / "bench_pareto.png").stat().st_size > 0
 
 
@@ -253,6 +255,14 @@ def test_gmacs_count_the_work_of_fused_kernels():
     with torch.no_grad(), fused_kernels(False):
         plain = measure.count_gmacs(lambda: model(x), 1)
     assert gmacs == pytest.approx(plain) and gmacs > 0
+
+
+@pytest.mark.skipif(not measure.machine_info()["allocator"].startswith("glibc"), reason="glibc's malloc behaviour")
+def test_page_faults_count_memory_taken_fresh_from_the_system():
+    """glibc maps a 64 MB block afresh for every call: 16,384 pages of 4 KiB faulted in per call."""
+    timings = measure.interleave({"fresh": lambda: torch.ones(2**24), "none": lambda: None}, rounds=2, target_s=0.01)
+    assert timings["fresh"].page_faults >= 16_000
+    assert timings["none"].page_faults < 100
 
 
 def _allocator_seen(env: dict[str, str]) -> str:

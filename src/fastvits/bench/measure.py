@@ -87,11 +87,13 @@ class LoadMonitor:
 
 @dataclass
 class Sample:
-    """One timed sample: `calls` back-to-back calls taking `step_s` seconds each on average."""
+    """One timed sample: `calls` back-to-back calls taking `step_s` seconds each on average, with `page_faults`
+    minor page faults per call (None where unknown)."""
 
     step_s: float
     calls: int
     other_load: float
+    page_faults: float | None = None
 
 
 @dataclass
@@ -108,11 +110,14 @@ class Timing:
     noisy: bool
     step_s: float = field(init=False)
     other_load: float = field(init=False)
+    page_faults: float | None = field(init=False)
 
     def __post_init__(self) -> None:
         kept = [self.samples[i] for i in self.kept]
         self.step_s = statistics.median(s.step_s for s in kept)
         self.other_load = statistics.median(s.other_load for s in kept)
+        faults = [s.page_faults for s in kept if s.page_faults is not None]
+        self.page_faults = statistics.median(faults) if faults else None
 
     @property
     def spread(self) -> tuple[float, float]:
@@ -126,14 +131,26 @@ def _sync(device: torch.device | str) -> None:
         torch.cuda.synchronize(device)
 
 
+def _page_faults() -> int | None:
+    """Minor page faults of this process so far: each is a page the allocator took fresh from the system and the
+    kernel zeroed on first touch (glibc's malloc returns large blocks after every call; tcmalloc keeps them)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _time_calls(fn: Callable[[], object], calls: int, device: torch.device | str, monitor: LoadMonitor) -> Sample:
     _sync(device)
+    faults = _page_faults()
     start = monitor.snapshot()
     for _ in range(calls):
         fn()
     _sync(device)
     end = monitor.snapshot()
-    return Sample((end[0] - start[0]) / calls, calls, monitor.other_load(start, end))
+    faults = None if faults is None else (_page_faults() - faults) / calls
+    return Sample((end[0] - start[0]) / calls, calls, monitor.other_load(start, end), faults)
 
 
 def calls_per_sample(fn: Callable[[], object], target_s: float, device: torch.device | str = "cpu") -> int:

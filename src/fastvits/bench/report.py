@@ -45,6 +45,7 @@ CSV_COLUMNS = TIMM_COLUMNS + (
     "device",
     "threads",
     "infer_mem_mb",  # peak working memory of one batch above what is resident before it
+    "page_faults",  # minor page faults per batch: memory taken fresh from the system (allocator-dependent)
     "roof_frac",  # achieved GFLOP/s (fastvits' GMACs) / GEMM roof
     "speedup",  # median per-round ratio of speedup_vs's time to this row's time
     "speedup_vs",
@@ -118,6 +119,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("infer_samples_per_sec", "img/s", 8, ".2f"),
         ("infer_step_time", "ms/step", 9, ".1f"),
         ("infer_mem_mb", "mem MB", 8, ".0f"),
+        ("page_faults", "faults", 7, ".0f"),
         ("infer_gmacs", "GMACs", 6, ".2f"),
         ("param_count", "params M", 8, ".2f"),
         ("roof_frac", "roof", 5, ".0%"),

@@ -237,6 +237,7 @@ def measure_group(
                 "device": device.type,
                 "threads": torch.get_num_threads(),
                 "infer_mem_mb": mem[i] / 2**20 if mem[i] is not None else None,
+                "page_faults": t.page_faults,
                 "roof_frac": ips * 2 * work / roof_gflops if roof_gflops and work else None,
                 "speedup": paired_ratio(timings[entries[base].key], t) if base is not None else None,
                 "speedup_vs": entries[base].runner.name if base is not None else None,
@@ -249,7 +250,7 @@ def measure_group(
                 "other_load": t.other_load,
                 "step_time_min": t.spread[0] * 1e3,
                 "step_time_max": t.spread[1] * 1e3,
-                "samples": [[s.step_s, s.calls, s.other_load] for s in t.samples],
+                "samples": [[s.step_s, s.calls, s.other_load, s.page_faults] for s in t.samples],
                 "notes": e.runner.notes,
             }
         )
