@@ -3,10 +3,10 @@
 Task (synthetic, generated on the fly): a 32 x 32 noisy image holds two 4 x 4 patterns, each one of two
 random +-1 patterns, one in the left half and one in the right half, each at a random position of the
 4-pixel patch grid. The label is whether the two patterns are the same: the XOR of two far-apart bits.
-(With a bank of 4 or 8 patterns none of the variants left chance level within a few minutes of training.) With 4 x 4 patches the map is
-8 x 8 tokens, and with 2 x 2-token windows (a 4 x 4 grid of windows) the two patterns never share a
-window: a network whose tokens only mix inside windows cannot solve the task (its pooled, linearly
-classified features are a sum of per-window terms, and "same" cannot be written as g(left) + g(right) > 0),
+(With a bank of 4 or 8 patterns none of the variants left chance level within a few minutes of training.)
+With 4 x 4 patches the map is 8 x 8 tokens, and with 2 x 2-token windows (a 4 x 4 grid of windows) the two
+patterns never share a window: a network whose tokens only mix inside windows cannot solve the task (its pooled,
+linearly classified features are a sum of per-window terms, and "same" cannot be written as g(left) + g(right) > 0),
 so it stays at chance (50%).
 
 Model: the same tiny backbone for every variant: a 4 x 4 patch-embedding conv with a learned position

@@ -47,9 +47,9 @@ def assert_same_rounding(actual: torch.Tensor, expected: torch.Tensor, ulps: int
     the outputs are identical. Other CPUs pick other BLAS kernels whose accumulation order differs; that moves
     results by a few ulps per layer: single layers and FasterViT stay within 16. Deeper float32 stacks drift
     further with the CPU and thread count (LITv2's: 22 to 91 ulps measured on AMD EPYC and Intel Xeon), so
-    their tests pass `LITV2_ULPS` (2e-5 relative, about the 1e-5 abs + 1e-5 rel parity bound); their float64 checks (1e-10) show the op order is the
-    official one. The tolerance is relative to each element's magnitude, floored at the tensor's mean
-    magnitude.
+    their tests pass `LITV2_ULPS` (2e-5 relative, about the 1e-5 abs + 1e-5 rel parity bound); their float64
+    checks (1e-10) show the op order is the official one. The tolerance is relative to each element's magnitude,
+    floored at the tensor's mean magnitude.
     """
     scale = expected.abs().clamp_min(expected.abs().mean().item())
     diff = (actual - expected).abs()

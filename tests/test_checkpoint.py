@@ -20,7 +20,8 @@ def official_fastervit0_state_dict() -> dict[str, torch.Tensor]:
             continue
         key, shape, dtype = line.split("\t")
         shape = tuple(int(s) for s in shape.strip("()").split(",") if s.strip())
-        sd[key] = torch.randint(0, 5, shape) if "int" in dtype else torch.rand(shape) * 0.1 + 0.01  # positive: BN variances
+        # positive values: some are BatchNorm variances
+        sd[key] = torch.randint(0, 5, shape) if "int" in dtype else torch.rand(shape) * 0.1 + 0.01
     sd["levels.2.global_tokenizer.to_global_feature.pos.weight"] = sd["levels.2.global_tokenizer.pos_embed.weight"]
     sd["levels.2.global_tokenizer.to_global_feature.pos.bias"] = sd["levels.2.global_tokenizer.pos_embed.bias"]
     return sd

@@ -43,7 +43,8 @@ def test_official_litv2_s_keys_and_shapes():
     with torch.device("meta"):
         model = fastvits.create_model("litv2_s")
         converted = checkpoint_filter_fn({k: torch.empty(s) for k, s in official.items()}, model)
-    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in converted.items()} == expected
 
 
 # name -> (exact parameters, official analytic GFLOPs at the variant's resolution)

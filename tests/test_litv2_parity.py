@@ -64,7 +64,9 @@ def test_cls_parity(cls_fixture, attn_path):
     expected = [k for k in t if k.startswith("features.")]
     assert len(expected) == 10
     for key in expected:
-        torch.testing.assert_close(feats[key.removeprefix("features.")], t[key], **TOL32, msg=lambda m, key=key: f"{key}: {m}")
+        torch.testing.assert_close(
+            feats[key.removeprefix("features.")], t[key], **TOL32, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 def test_cls_rounding_and_float64(cls_fixture):

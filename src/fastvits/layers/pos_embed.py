@@ -96,7 +96,8 @@ class ContinuousRelativeBias(CachedByInput):
             return self._expand(self._table(grid, device), grid, seq_len)
         grid = (int(grid[0]), int(grid[1]))
         if self.num_heads * seq_len * seq_len <= FULL_BIAS_CACHE_LIMIT:
-            return self.cached(("full", grid, seq_len, device), lambda: self._expand(self._table(grid, device), grid, seq_len))
+            key = ("full", grid, seq_len, device)
+            return self.cached(key, lambda: self._expand(self._table(grid, device), grid, seq_len))
         table = self.cached(("table", grid, device), lambda: self._table(grid, device))
         return self._expand(table, grid, seq_len)
 

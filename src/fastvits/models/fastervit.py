@@ -294,10 +294,8 @@ class FasterViT(StagedModel):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        return dict(
-            stem=r"^patch_embed",
-            blocks=r"^levels\.(\d+)" if coarse else [(r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^levels\.(\d+)", (0,))],
-        )
+        fine = [(r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^levels\.(\d+)", (0,))]
+        return dict(stem=r"^patch_embed", blocks=r"^levels\.(\d+)" if coarse else fine)
 
     # ----------------------------------------------------------------------------------------- forward
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
