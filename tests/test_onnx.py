@@ -143,3 +143,15 @@ def test_dynamic_size_export_refuses_a_narrowed_range(tmp_path):
     pytest.importorskip("onnxscript")
     with pytest.raises(ValueError, match="serves heights from 64 to"):
         export_onnx(_RowsPlusColumns(), tmp_path / "x.onnx", (3, 64, 64), dynamic_size=True, max_size=512)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fastervit_0_224", "litv2_s"])
+def test_full_model_dynamic_size_onnx(name, tmp_path):
+    """The released architectures (random weights) in one dynamic-size file each, from the smallest size to a
+    detection-style non-square one (about a minute each)."""
+    model = fastvits.create_model(name).eval()
+    lo = min_dynamic_size(model)
+    path = _dynamic_export(model, tmp_path / f"{name}.onnx", (3, max(lo, 224), max(lo, 224)))
+    for shape in [(1, 3, lo, lo), (2, 3, lo, lo + 96), (1, 3, 480, 320)]:
+        assert verify_onnx(path, model, torch.randn(shape), atol=1e-4) < 1e-4
