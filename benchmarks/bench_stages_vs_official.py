@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -49,18 +51,17 @@ def measure(name: str, batch: int, rounds: int, roof: float) -> dict:
     copy_weights_to_official(ours, official)
     x = torch.randn(batch, 3, 224, 224)
     with torch.inference_mode():
-        fns: dict[str, object] = {"ours model": lambda: ours(x), "official model": lambda: official(x)}
+        calls: dict[str, dict[str, Callable[[], object]]] = {}  # impl -> part -> one call on its forward input
         for impl, model in (("ours", ours), ("official", official)):
-            for (part, module), xi in zip(parts(model), part_inputs(model, x)):
-                fns[f"{impl} {part}"] = lambda m=module, xi=xi: m(xi)
+            calls[impl] = {part: partial(m, xi) for (part, m), xi in zip(parts(model), part_inputs(model, x))}
+            calls[impl]["model"] = partial(model, x)
+        fns = {f"{impl} {part}": fn for impl, by_part in calls.items() for part, fn in by_part.items()}
         for fn in fns.values():
             fn()  # warm-up: caches of both implementations
         timings = interleave(fns, rounds=rounds)
-        ours_parts = zip(parts(ours), part_inputs(ours, x))
-        gmacs = {part: count_gmacs(lambda m=m, xi=xi: m(xi), batch) for (part, m), xi in ours_parts}
-        gmacs["model"] = count_gmacs(lambda: ours(x), batch)
+        gmacs = {part: count_gmacs(fn, batch) for part, fn in calls["ours"].items()}
     rows = []
-    for part in [p for p, _ in parts(ours)] + ["model"]:
+    for part in calls["ours"]:
         t_ours, t_off = timings[f"ours {part}"], timings[f"official {part}"]
         rows.append(
             dict(
@@ -69,7 +70,7 @@ def measure(name: str, batch: int, rounds: int, roof: float) -> dict:
                 ours_ms=1e3 * t_ours.step_s,
                 official_ms=1e3 * t_off.step_s,
                 speedup=paired_ratio(t_off, t_ours),
-                ours_roof=2 * gmacs[part] * batch / t_ours.step_s / roof if roof else None,
+                ours_roof=2 * gmacs[part] * batch / t_ours.step_s / roof,
                 noisy=t_ours.noisy,
             )
         )

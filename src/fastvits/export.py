@@ -23,6 +23,7 @@ input against it with `check_onnx_input(session, shape)` (`verify_onnx` does).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -48,6 +49,21 @@ __all__ = [
 
 DEFORM_CONV_MIN_OPSET = 19  # first opset with DeformConv
 SIZE_METADATA_KEY = "fastvits.dynamic_size"  # JSON {"multiple", "min", "max"} of a dynamic-size export
+
+
+@dataclasses.dataclass(frozen=True)
+class _SizeRange:
+    """The heights and widths one dynamic-size graph serves: multiples of `multiple` from `min` to `max` px."""
+
+    multiple: int
+    min: int
+    max: int
+
+    def serves(self, h: int, w: int) -> bool:
+        return all(side % self.multiple == 0 and self.min <= side <= self.max for side in (h, w))
+
+    def __str__(self) -> str:
+        return f"multiples of {self.multiple} from {self.min} to {self.max} px per side"
 
 
 def _uses_deform_conv(model: nn.Module) -> bool:
@@ -95,7 +111,7 @@ def _export_dynamo(
     opset: int,
     dynamic_batch: bool,
     names: dict,
-    size_range: dict[str, int] | None,
+    size_range: _SizeRange | None,
 ) -> None:
     try:
         import onnxscript  # noqa: F401
@@ -106,10 +122,10 @@ def _export_dynamo(
         ) from e
     dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=4096)} if dynamic_batch else {}
     if size_range is not None:
-        m = size_range["multiple"]
+        m = size_range.multiple
         for axis, name in ((2, "height"), (3, "width")):
             # Multiples of the total stride: every stage's map is then an exact fraction of the input.
-            dims[axis] = m * torch.export.Dim(f"{name}_blocks", min=size_range["min"] // m, max=size_range["max"] // m)
+            dims[axis] = m * torch.export.Dim(f"{name}_blocks", min=size_range.min // m, max=size_range.max // m)
     try:
         # torch.export first, so that a size range the model cannot serve fails here instead of the ONNX
         # exporter falling back to a tracer that would freeze the sizes.
@@ -118,7 +134,7 @@ def _export_dynamo(
         if size_range is None:
             raise
         raise ValueError(
-            f"{type(model).__name__} does not export as one graph for every size in {_size_text(size_range)}: "
+            f"{type(model).__name__} does not export as one graph for every size in {size_range}: "
             f"{e}\nExport with dynamic_size=False (fixed H x W), or narrow the range (max_size)."
         ) from e
     if size_range is not None:
@@ -132,11 +148,11 @@ def _export_dynamo(
         **names,
     )
     if size_range is not None:
-        program.model.metadata_props[SIZE_METADATA_KEY] = json.dumps(size_range)
+        program.model.metadata_props[SIZE_METADATA_KEY] = json.dumps(dataclasses.asdict(size_range))
     program.save(str(path))
 
 
-def _check_served_sizes(exported: torch.export.ExportedProgram, size_range: dict[str, int]) -> None:
+def _check_served_sizes(exported: torch.export.ExportedProgram, size_range: _SizeRange) -> None:
     """Refuse an export whose graph serves fewer sizes than asked. torch.export narrows the range of a derived
     dimension (height = 32 * blocks) instead of failing when the example fixed a size that depends on it, and
     the ONNX graph drops the range checks that the exported program keeps."""
@@ -152,10 +168,10 @@ def _check_served_sizes(exported: torch.export.ExportedProgram, size_range: dict
         else:
             bounds = bound_sympy(size.node.expr, symbols)
             served = (int(bounds.lower), int(bounds.upper))
-        if served != (size_range["min"], size_range["max"]):
+        if served != (size_range.min, size_range.max):
             raise ValueError(
                 f"the exported graph serves {side}s from {served[0]} to {served[1]} px only, not "
-                f"{_size_text(size_range)}: a size in the model depends on the input size in a way that fixes it; "
+                f"{size_range}: a size in the model depends on the input size in a way that fixes it; "
                 "export with dynamic_size=False (fixed H x W), or with max_size within that range"
             )
 
@@ -253,15 +269,6 @@ def min_dynamic_size(model: nn.Module, in_chans: int = 3) -> int:
     return max(2 * multiple, (one_window // multiple + 1) * multiple)
 
 
-def _size_text(size_range: dict[str, int]) -> str:
-    return f"multiples of {size_range['multiple']} from {size_range['min']} to {size_range['max']} px per side"
-
-
-def _serves(size_range: dict[str, int], h: int, w: int) -> bool:
-    m, lo, hi = size_range["multiple"], size_range["min"], size_range["max"]
-    return all(side % m == 0 and lo <= side <= hi for side in (h, w))
-
-
 def check_onnx_input(session: Any, shape: Sequence[int]) -> None:
     """Raise ValueError if an input of `shape` (B, C, H, W) is outside the sizes that the model of an
     `onnxruntime.InferenceSession` was exported for by a dynamic-size export (no-op for other models:
@@ -269,26 +276,26 @@ def check_onnx_input(session: Any, shape: Sequence[int]) -> None:
     meta = session.get_modelmeta().custom_metadata_map
     if SIZE_METADATA_KEY not in meta:
         return
-    size_range = json.loads(meta[SIZE_METADATA_KEY])
+    size_range = _SizeRange(**json.loads(meta[SIZE_METADATA_KEY]))
     h, w = shape[-2:]
-    if not _serves(size_range, h, w):
+    if not size_range.serves(h, w):
         raise ValueError(
-            f"input {h}x{w} is outside the sizes this ONNX model was exported for ({_size_text(size_range)}): "
+            f"input {h}x{w} is outside the sizes this ONNX model was exported for ({size_range}): "
             f"resize or pad the image to such a size, or export for this size (export_onnx(..., input_size=(C, {h}, "
             f"{w})))"
         )
 
 
-def _dynamic_size_range(model: nn.Module, x: torch.Tensor, max_size: int) -> dict[str, int]:
+def _dynamic_size_range(model: nn.Module, x: torch.Tensor, max_size: int) -> _SizeRange:
     """The size range of a dynamic-size export, checked against the example input x."""
-    size_range = dict(multiple=size_multiple(model), min=min_dynamic_size(model, x.shape[1]), max=max_size)
-    m, lo = size_range["multiple"], size_range["min"]
+    size_range = _SizeRange(size_multiple(model), min_dynamic_size(model, x.shape[1]), max_size)
+    m, lo = size_range.multiple, size_range.min
     if lo > max_size:
         raise ValueError(f"max_size={max_size} is below the smallest size this model exports for ({lo})")
     h, w = x.shape[2:]
-    if not _serves(size_range, h, w):
+    if not size_range.serves(h, w):
         raise ValueError(
-            f"input_size {h}x{w} is not one of the sizes a dynamic-size export serves ({_size_text(size_range)}); "
+            f"input_size {h}x{w} is not one of the sizes a dynamic-size export serves ({size_range}); "
             f"pass such an input_size, e.g. (C, {max(lo, -(-h // m) * m)}, {max(lo, -(-w // m) * m)})"
         )
     return size_range

@@ -143,13 +143,13 @@ def _page_faults() -> int | None:
 
 def _time_calls(fn: Callable[[], object], calls: int, device: torch.device | str, monitor: LoadMonitor) -> Sample:
     _sync(device)
-    faults = _page_faults()
+    faults_before = _page_faults()
     start = monitor.snapshot()
     for _ in range(calls):
         fn()
     _sync(device)
     end = monitor.snapshot()
-    faults = None if faults is None else (_page_faults() - faults) / calls
+    faults = None if faults_before is None else (_page_faults() - faults_before) / calls
     return Sample((end[0] - start[0]) / calls, calls, monitor.other_load(start, end), faults)
 
 
