@@ -53,3 +53,12 @@ def test_unknown_model_name():
 def test_minimum_size_runs(model):
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(1, 3, 32, 33))).all()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_unknown_global_pool(name):
+    with pytest.raises(ValueError, match="global_pool must be 'avg' or '', got 'max'"):
+        small_model(name, global_pool="max")
+    model = small_model(name)
+    with pytest.raises(ValueError, match="global_pool must be 'avg' or ''"):
+        model.reset_classifier(10, "max")

@@ -80,6 +80,15 @@ def test_reset_classifier_and_pre_logits(name):
         torch.testing.assert_close(pooled, model.forward_head(model.forward_features(x), pre_logits=True))
 
 
+@pytest.mark.parametrize("name", ["fastervit_0_224", "litv2_s"])
+def test_drop_path_rates_rise_linearly_over_all_blocks(name):
+    from timm.layers import DropPath
+
+    model = small_model(name, drop_path_rate=0.3)  # 5 blocks over the 4 stages; the first has rate 0 (no module)
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    assert rates == pytest.approx([0.075, 0.15, 0.225, 0.3])
+
+
 @pytest.mark.parametrize("name", KINDS)
 def test_grad_checkpointing_same_output(name):
     model = small_model(name, drop_path_rate=0.0).train()

@@ -35,7 +35,7 @@ import torch
 
 from ..layers import ATTENTION_2D, Attention2d, create_attention2d, fused_attn
 from .backends import BackendSpec, prepare_runner
-from .cli import parse_size
+from .cli import add_mode, parse_size
 from .measure import count_gmacs, machine_info
 from .report import print_table, write_csv, write_json
 from .suite import BenchSettings, Entry, measure_group, size_text
@@ -285,12 +285,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(modes: argparse._SubParsersAction) -> None:
     """Adds the `attention` mode to `fastvits bench`."""
-    p = modes.add_parser(
-        "attention",
-        help="single 2-D attention layers (MSA, W-MSA, SRA, HiLo, HAT): GMACs, throughput, memory",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("Examples:")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
+    help = "single 2-D attention layers (MSA, W-MSA, SRA, HiLo, HAT): GMACs, throughput, memory"
+    add_mode(modes, "attention", help, __doc__, add_arguments, run)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +215,28 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_mode(
+    modes: argparse._SubParsersAction,
+    name: str,
+    help: str,
+    doc: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """A `fastvits bench` mode whose --help shows its module docstring `doc`: the first paragraph as description,
+    the text after "Examples:" as epilog."""
+    parser = modes.add_parser(
+        name,
+        help=help,
+        description=doc.split("\n\n", 1)[0],
+        epilog=doc.split("Examples:", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+    return parser
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench",
@@ -227,15 +250,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=_ModeAction,
         help=f"{DEFAULT_MODE} (default)" + "".join(f", {m.rsplit('.', 1)[-1]}" for m in MODE_MODULES),
     )
-    models = modes.add_parser(
+    models = add_mode(
+        modes,
         DEFAULT_MODE,
-        help="throughput, batch-1 latency, peak memory, params and GMACs of whole models",
-        description=__doc__.split("\n\n", 1)[0],
-        epilog=__doc__.split("Examples:", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "throughput, batch-1 latency, peak memory, params and GMACs of whole models",
+        __doc__,
+        add_model_arguments,
+        run_models,
     )
-    add_model_arguments(models)
-    models.set_defaults(func=run_models)
     for name in MODE_MODULES:
         importlib.import_module(name).register(modes)
     # `fastvits bench` alone: the default mode with its defaults

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..argtypes import json_object
 from ..bench.backends import BackendSpec, is_fastvits_model, prepare_runner
-from ..bench.cli import parse_size
+from ..bench.cli import add_mode, parse_size
 from ..bench.measure import machine_info
 from ..bench.report import print_table, write_csv, write_json
 from ..bench.suite import BenchSettings, Entry, expand_models, gmacs_and_params, measure_group, size_text
@@ -189,12 +189,5 @@ def run(args: argparse.Namespace) -> int:
 
 def register(modes: argparse._SubParsersAction) -> None:
     """Adds the `detection` mode to `fastvits bench`."""
-    p = modes.add_parser(
-        "detection",
-        help="detection backbones at 800x1333 against Swin-T and ConvNeXt-T",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("Examples:")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
+    help = "detection backbones at 800x1333 against Swin-T and ConvNeXt-T"
+    add_mode(modes, "detection", help, __doc__, add_arguments, run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,7 +13,15 @@ from timm.models._features import feature_take_indices
 
 from ..checkpoint import convert_state_dict, load_checkpoint
 
-__all__ = ["MIN_INPUT_SIZE", "StagedModel", "base_cfg", "check_image_input", "register_variants"]
+__all__ = [
+    "MIN_INPUT_SIZE",
+    "StagedModel",
+    "base_cfg",
+    "check_image_input",
+    "init_linear",
+    "register_variants",
+    "stage_drop_path_rates",
+]
 
 # every model pads internally; below 32 pixels the last stage would be empty
 MIN_INPUT_SIZE = 32
@@ -43,6 +52,26 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name:
             f"{model_name} needs images of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}. "
             f"Resize or pad the input to at least {min_size} pixels per side."
         )
+
+
+def init_linear(m: nn.Module) -> None:
+    """The official initialisation of both families' linear layers (truncated normal, zero bias), for `Module.apply`."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[list[float]]:
+    """Stochastic depth rising linearly from 0 to `drop_path_rate` over all blocks, split into one list per stage."""
+    # on the CPU explicitly, so that models can also be built under a meta default device
+    rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+    return [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
+
+
+def _check_global_pool(global_pool: str) -> None:
+    if global_pool not in ("avg", ""):
+        raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
 
 
 def base_cfg(url: str, **kwargs: Any) -> dict[str, Any]:
@@ -92,13 +121,32 @@ def register_variants(model_cls: type[nn.Module], variants: dict[str, tuple[dict
 class StagedModel(nn.Module):
     """The timm model protocol shared by the four-stage families.
 
-    Subclasses provide `patch_embed`, a ModuleList of stages under the attribute named by `stage_attr`
-    (`levels` or `layers`, as in the official checkpoints) whose forward(x, downsample=True) returns
-    (output before the downsampler, output after it), `head`, `num_features`, `in_chans`, `final_norm`
-    and `forward_head`.
+    Subclasses call `_init_classifier` first, then build `patch_embed` and a ModuleList of stages under the
+    attribute named by `stage_attr` (`levels` or `layers`, as in the official checkpoints) whose
+    forward(x, downsample=True) returns (output before the downsampler, output after it), then `_build_head`;
+    they provide `final_norm` and `forward_head`.
     """
 
     stage_attr = "stages"
+
+    def _init_classifier(
+        self, in_chans: int, num_classes: int, global_pool: str, drop_rate: float, num_features: int
+    ) -> None:
+        """The attributes of timm's model protocol, set before the network is built."""
+        _check_global_pool(global_pool)
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.num_features = self.head_hidden_size = num_features
+        self.grad_checkpointing = False
+        self.feature_info: list[dict[str, Any]] = []
+
+    def _build_head(self, norm: nn.Module) -> None:
+        """The final norm, the dropout and the classifier, after the stages."""
+        self.norm = norm
+        self.head_drop = nn.Dropout(self.drop_rate)
+        self.reset_classifier(self.num_classes)
 
     @property
     def stages(self) -> nn.ModuleList:
@@ -123,8 +171,7 @@ class StagedModel(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ("avg", ""):
-                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            _check_global_pool(global_pool)
             self.global_pool = global_pool
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 

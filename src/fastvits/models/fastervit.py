@@ -24,7 +24,7 @@ from ..fuse import folded_conv
 from ..layers import HAT2d
 from ..layers.cache import CachedByInput
 from ..layers.fused import Conv2d, conv2d_fused, fusable, pack_conv_weight
-from ._common import StagedModel, base_cfg, register_variants
+from ._common import StagedModel, base_cfg, init_linear, register_variants, stage_drop_path_rates
 
 __all__ = ["FasterViT"]
 
@@ -239,19 +239,11 @@ class FasterViT(StagedModel):
         super().__init__()
         if not len(depths) == len(num_heads) == len(window_size) == len(hat) == 4:
             raise ValueError("depths, num_heads, window_size and hat need one entry per stage (4 stages)")
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = int(dim * 2 ** (len(depths) - 1))
-        self.grad_checkpointing = False
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self._init_classifier(in_chans, num_classes, global_pool, drop_rate, int(dim * 2 ** (len(depths) - 1)))
         self.patch_embed = Stem(in_chans, in_dim, dim)
         levels = []
-        self.feature_info = []
-        for i, depth in enumerate(depths):
+        for i, (depth, rates) in enumerate(zip(depths, stage_drop_path_rates(drop_path_rate, depths))):
             stage_dim = int(dim * 2**i)
-            rates = dpr[sum(depths[:i]) : sum(depths[: i + 1])]
             last = i == len(depths) - 1
             if i < 2:
                 levels.append(ConvStage(stage_dim, depth, rates, layer_scale_conv, downsample=not last))
@@ -273,17 +265,8 @@ class FasterViT(StagedModel):
                 )
             self.feature_info.append(dict(num_chs=stage_dim, reduction=2 ** (i + 2), module=f"levels.{i}"))
         self.levels = nn.ModuleList(levels)
-        self.norm = nn.BatchNorm2d(self.num_features)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+        self._build_head(nn.BatchNorm2d(self.num_features))
+        self.apply(init_linear)
 
     stage_attr = "levels"
 

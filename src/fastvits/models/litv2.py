@@ -34,7 +34,7 @@ from ..fuse import fold_bn_into_weights
 from ..layers import HiLo, pad_nchw
 from ..layers.deform import deform_conv2d_sampled
 from ..layers.fused import Conv2d, Linear, fusable
-from ._common import StagedModel, base_cfg, register_variants
+from ._common import StagedModel, base_cfg, init_linear, register_variants, stage_drop_path_rates
 
 __all__ = ["LITV2_VARIANTS", "ConvFFN", "DeformConv2dPack", "DeformableTokenMerging", "LITv2"]
 
@@ -298,20 +298,10 @@ class LITv2(StagedModel):
         super().__init__()
         if not len(depths) == len(num_heads) == len(window_size) == 4:
             raise ValueError("depths, num_heads and window_size need one entry per stage (4 stages)")
-        if global_pool not in ("avg", ""):
-            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
-        self.in_chans = in_chans
-        self.num_classes = num_classes
-        self.global_pool = global_pool
-        self.drop_rate = drop_rate
-        self.num_features = self.head_hidden_size = int(embed_dim * 2 ** (len(depths) - 1))
-        self.grad_checkpointing = False
-        # on the CPU explicitly, so that models can also be built under a meta default device
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+        self._init_classifier(in_chans, num_classes, global_pool, drop_rate, int(embed_dim * 2 ** (len(depths) - 1)))
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         layers = []
-        self.feature_info = []
-        for i, depth in enumerate(depths):
+        for i, (depth, rates) in enumerate(zip(depths, stage_drop_path_rates(drop_path_rate, depths))):
             dim = int(embed_dim * 2**i)
             layers.append(
                 LITStage(
@@ -323,25 +313,20 @@ class LITv2(StagedModel):
                     mlp_ratio,
                     qkv_bias,
                     proj_drop_rate,
-                    dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                    rates,
                     downsample=i < len(depths) - 1,
                 )
             )
             self.feature_info.append(dict(num_chs=dim, reduction=patch_size * 2**i, module=f"layers.{i}"))
         self.layers = nn.ModuleList(layers)
-        self.norm = nn.LayerNorm(self.num_features, eps=1e-5)
-        self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._build_head(nn.LayerNorm(self.num_features, eps=1e-5))
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
         """The official scheme: truncated-normal linears, fan-out normal depthwise convs; others keep their own."""
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, ConvFFN):
+        init_linear(m)
+        if isinstance(m, ConvFFN):
             fan_out = m.dwconv.kernel_size[0] * m.dwconv.kernel_size[1] * m.dwconv.out_channels // m.dwconv.groups
             nn.init.normal_(m.dwconv.weight, 0, math.sqrt(2.0 / fan_out))
             nn.init.zeros_(m.dwconv.bias)
