@@ -71,6 +71,57 @@ def test_cache_follows_optimizer_steps():
         torch.testing.assert_close(updated, fresh(x), atol=0, rtol=0)
 
 
+def _replace_cpb_weight(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    first = model.levels[2].blocks[0].attn.rel_pos.cpb_mlp[0]
+    first.weight = torch.nn.Parameter(other.levels[2].blocks[0].attn.rel_pos.cpb_mlp[0].weight.clone())
+
+
+def _replace_cpb_layer(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    model.levels[2].blocks[0].attn.rel_pos.cpb_mlp[0] = copy.deepcopy(other.levels[2].blocks[0].attn.rel_pos.cpb_mlp[0])
+
+
+def _assign_all(model: torch.nn.Module, other: torch.nn.Module) -> None:
+    model.load_state_dict(other.state_dict(), assign=True)
+
+
+@pytest.mark.parametrize("replace", [_replace_cpb_weight, _replace_cpb_layer, _assign_all])
+def test_cache_follows_replaced_weights_and_modules(replace):
+    """New Parameter objects or submodules (not in-place writes) after an eval pass: the cached biases and packed
+    weights are recomputed, and a later in-place write to the new tensors is seen too."""
+    torch.manual_seed(0)
+    model, other = small_model("fastervit_0_224").eval(), small_model("fastervit_0_224").eval()
+    x = torch.randn(1, 3, 128, 160)
+    with torch.no_grad():
+        before = model(x)
+        replace(model, other)
+        after = model(x)
+        expected = copy.deepcopy(model).eval()(x)  # a copy carries no cache
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, expected, atol=0, rtol=0)
+        for p in model.parameters():
+            p.mul_(1.1)
+        torch.testing.assert_close(model(x), copy.deepcopy(model)(x), atol=0, rtol=0)
+
+
+def test_cache_follows_conversion_that_replaces_parameters():
+    """`.to()` may put new Parameter objects in place without a registration (PyTorch's overwrite-on-conversion)."""
+    model = small_model("fastervit_0_224").eval()
+    x = torch.randn(1, 3, 128, 160, dtype=torch.float64)
+    overwrite = torch.__future__.get_overwrite_module_params_on_conversion()
+    torch.__future__.set_overwrite_module_params_on_conversion(True)
+    try:
+        with torch.no_grad():
+            model(x.float())
+            model.double()
+            first = model(x)
+            for p in model.parameters():
+                p.mul_(1.1)
+            torch.testing.assert_close(model(x), copy.deepcopy(model)(x), atol=0, rtol=0)
+            assert not torch.allclose(first, model(x))
+    finally:
+        torch.__future__.set_overwrite_module_params_on_conversion(overwrite)
+
+
 @pytest.mark.parametrize("name", ["fastervit_0_224", "fastervit_0_any_res"])
 def test_official_names_and_cfg(name):
     model = fastvits.create_model(name.replace("fastervit_", "faster_vit_"), dim=16, in_dim=16, depths=(1, 1, 1, 1))
