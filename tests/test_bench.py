@@ -18,7 +18,7 @@ from fastvits.bench import measure
 from fastvits.bench.backends import BackendSpec, copy_weights_to_official, official_state_dict, parse_backends
 from fastvits.bench.cli import parse_size
 from fastvits.bench.report import CSV_COLUMNS, official_top1, pareto_front
-from fastvits.bench.suite import expand_models
+from fastvits.bench.suite import allocator_note, expand_models
 from fastvits.cli import build_parser, main
 
 TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
@@ -281,3 +281,17 @@ def test_machine_info_names_the_allocator():
     tcmalloc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"  # Debian's libtcmalloc-minimal4, if installed
     if os.path.exists(tcmalloc):
         assert _allocator_seen({**env, "LD_PRELOAD": tcmalloc}) == "tcmalloc"
+
+
+def _row(model: str, faults: float | None, batch: int) -> dict:
+    return dict(model=model, impl="fastvits", backend="eager", infer_batch_size=batch, page_faults=faults)
+
+
+def test_allocator_note_only_for_many_page_faults_under_glibc():
+    rows = [_row("a", 50_000, 32), _row("b", 250_000, 32), _row("c", 500, 32), _row("d", 900, 1), _row("gpu", None, 8)]
+    note = allocator_note(rows, "glibc malloc")
+    assert note is not None
+    assert note.startswith("2 of 5 rows") and "most: b fastvits eager batch 32, 250,000 page faults" in note
+    assert "LD_PRELOAD=" in note and "libtcmalloc" in note
+    assert allocator_note(rows, "tcmalloc") is None
+    assert allocator_note(rows[2:], "glibc malloc (MALLOC_ARENA_MAX=2)") is None

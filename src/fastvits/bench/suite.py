@@ -35,7 +35,15 @@ from .backends import (
 from .measure import count_gmacs, gemm_roof, interleave, machine_info, paired_ratio, peak_memory
 from .report import official_top1
 
-__all__ = ["BenchResults", "BenchSettings", "bench_models", "expand_models", "measure_group", "measure_roof"]
+__all__ = [
+    "BenchResults",
+    "BenchSettings",
+    "allocator_note",
+    "bench_models",
+    "expand_models",
+    "measure_group",
+    "measure_roof",
+]
 
 Log = Callable[[str], None]
 
@@ -385,4 +393,31 @@ def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
             finally:
                 for e in entries:
                     e.runner.close()
+    note = allocator_note(results.rows, str(results.machine["allocator"]))
+    if note:
+        results.notes.append(note)
     return results
+
+
+def allocator_note(rows: Sequence[dict[str, Any]], allocator: str, faults_per_image: float = 1000) -> str | None:
+    """Advice for runs in which glibc's malloc makes rows take memory fresh from the system at every batch (more
+    than `faults_per_image` page faults, i.e. 4 MB, per image); None otherwise. On the 2-core Xeon of
+    docs/benchmarks.md, rows above this ran 1.17-1.35x faster with tcmalloc preloaded (FasterViT-0 and -2 at batch 32:
+    1,500 to 13,300 faults per image under glibc, at most 20 with tcmalloc)."""
+    if not allocator.startswith("glibc"):
+        return None
+
+    def per_image(row: dict[str, Any]) -> float:
+        return (row.get("page_faults") or 0) / row["infer_batch_size"]
+
+    costly = [r for r in rows if per_image(r) > faults_per_image]
+    if not costly:
+        return None
+    worst = max(costly, key=per_image)
+    return (
+        f"{len(costly)} of {len(rows)} rows take memory fresh from the system at every batch (most: {worst['model']} "
+        f"{worst['impl']} {worst['backend']} batch {worst['infer_batch_size']}, {worst['page_faults']:,.0f} page "
+        f"faults per batch): glibc's malloc gives large blocks back after each forward. Preloading tcmalloc usually "
+        "makes such runs faster, for every implementation (apt-get install libtcmalloc-minimal4, then "
+        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4); docs/benchmarks.md, 'the allocator'"
+    )
