@@ -1,6 +1,8 @@
 """One FasterViT instance serves every input size, and eval reuses input-independent work."""
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
@@ -101,6 +103,18 @@ def test_cache_follows_replaced_weights_and_modules(replace):
         for p in model.parameters():
             p.mul_(1.1)
         torch.testing.assert_close(model(x), copy.deepcopy(model)(x), atol=0, rtol=0)
+
+
+def test_replaced_weights_are_not_kept_alive():
+    """After an eval pass, weights replaced by an `assign=True` load are freed once the model goes back to training."""
+    model = small_model("fastervit_0_224").eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 128, 160))
+    old = weakref.ref(model.levels[2].blocks[0].attn.qkv.weight)
+    model.load_state_dict(small_model("fastervit_0_224").state_dict(), assign=True)
+    model.train()
+    gc.collect()
+    assert old() is None
 
 
 def test_cache_follows_conversion_that_replaces_parameters():

@@ -166,21 +166,21 @@ class CachedByInput(nn.Module):
         return value
 
     def clear_cache(self) -> None:
+        """Drop the cached values and the weight list (which would keep replaced tensors alive)."""
         self._cache.clear()
+        self._stamp = ()
+        self._weights = []
+        self._weights_epoch = -1
 
     def train(self, mode: bool = True) -> "CachedByInput":
-        self._cache.clear()
+        self.clear_cache()
         return super().train(mode)
 
     def _apply(self, fn, recurse: bool = True):  # .to(), .half(), .cuda() ...
-        self._cache.clear()
-        self._weights_epoch = -1  # it may put new Parameter objects into `_parameters` without a registration
+        self.clear_cache()  # it may also put new Parameter objects into `_parameters` without a registration
         return super()._apply(fn, recurse)
 
     def __getstate__(self) -> dict:  # copy.deepcopy / pickle never carry a cache
         state = self.__dict__.copy()
-        state["_cache"] = {}
-        state["_stamp"] = ()
-        state["_weights"] = []
-        state["_weights_epoch"] = -1
+        state.update(_cache={}, _stamp=(), _weights=[], _weights_epoch=-1)
         return state
