@@ -292,6 +292,6 @@ def test_allocator_note_only_for_many_page_faults_under_glibc():
     note = allocator_note(rows, "glibc malloc")
     assert note is not None
     assert note.startswith("2 of 5 rows") and "most: b fastvits eager batch 32, 250,000 page faults" in note
-    assert "LD_PRELOAD=" in note and "libtcmalloc" in note
+    assert "fastvits --allocator tcmalloc" in note and "LD_PRELOAD=" in note and "libtcmalloc" in note
     assert allocator_note(rows, "tcmalloc") is None
     assert allocator_note(rows[2:], "glibc malloc (MALLOC_ARENA_MAX=2)") is None

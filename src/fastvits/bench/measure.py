@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..allocator import current_allocator
 from ..layers.fused import fused_kernels
 
 __all__ = [
@@ -350,25 +351,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-_ALLOCATORS = ("tcmalloc", "jemalloc", "mimalloc")
-
-
-def _allocator() -> str:
-    """The C allocator serving PyTorch's CPU tensors: a preloaded tcmalloc / jemalloc / mimalloc, else glibc's malloc
-    (with any MALLOC_* tuning from the environment). It matters at large batches: glibc hands large blocks back to
-    the system after each forward, and the page faults of the next forward cost both implementations time."""
-    try:
-        with open("/proc/self/maps") as f:
-            maps = f.read()
-    except OSError:
-        return "unknown"
-    for name in _ALLOCATORS:
-        if f"lib{name}" in maps:
-            return name
-    tuning = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
-    return "glibc malloc" + (f" ({tuning})" if tuning else "")
-
-
 def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     """What a result needs to be read against: hardware, threads, versions, load at the start."""
     device = torch.device(device)
@@ -380,7 +362,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device.type,
-        "allocator": _allocator(),
+        "allocator": current_allocator(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "load_source": "/proc/stat" if LoadMonitor().available else "unavailable (every sample counted as quiet)",
     }

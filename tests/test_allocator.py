@@ -1,0 +1,75 @@
+"""`fastvits --allocator`: finding an allocator library, clear errors, and running a command under it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastvits import allocator
+from fastvits.allocator import AllocatorNotFound, find_allocator, relaunch_with_allocator
+
+TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
+FAST = ["--rounds", "1", "--max-rounds", "1", "--warmup", "1", "--sample-time", "0", "--roof", "50", "--threads", "1"]
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="LD_PRELOAD and /proc/self/maps")
+
+
+def _loaded_libm() -> Path:
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.rstrip().endswith(("/libm.so.6", "/libm.so")):
+            return Path(line.split()[-1])
+    pytest.skip("no libm mapped into this process")
+
+
+def test_missing_library_says_how_to_install_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(allocator, "_search_dirs", lambda: [tmp_path])
+    with pytest.raises(AllocatorNotFound, match=r"libtcmalloc_minimal\.so\.4.*apt-get install libtcmalloc-minimal4"):
+        find_allocator("tcmalloc")
+    with pytest.raises(AllocatorNotFound, match="--allocator /path/to/lib.so"):
+        find_allocator("jemalloc")
+
+
+def test_bad_names_and_paths(tmp_path):
+    with pytest.raises(AllocatorNotFound, match="one of tcmalloc, jemalloc, mimalloc"):
+        find_allocator("ptmalloc")
+    with pytest.raises(AllocatorNotFound, match="not a tcmalloc, jemalloc or mimalloc library"):
+        find_allocator(str(tmp_path / "libtcmalloc.so.4"))  # no such file
+    other = tmp_path / "libfoo.so"
+    other.write_bytes(b"")
+    with pytest.raises(AllocatorNotFound, match="not a tcmalloc"):
+        find_allocator(str(other))
+
+
+def test_no_relaunch_when_already_in_use(monkeypatch, tmp_path):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(allocator, "current_allocator", lambda: "jemalloc")
+    assert find_allocator(str(lib)) == ("jemalloc", lib.resolve())
+    relaunch_with_allocator(str(lib), ["bench"])  # would replace the test process otherwise
+
+
+def test_a_preload_that_does_not_take_is_an_error_not_a_loop(monkeypatch, tmp_path):
+    lib = tmp_path / "libtcmalloc.so.4"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(allocator, "current_allocator", lambda: "glibc malloc")
+    monkeypatch.setenv("FASTVITS_ALLOCATOR_RELAUNCHED", "1")
+    with pytest.raises(AllocatorNotFound, match="was preloaded but is not in use"):
+        relaunch_with_allocator(str(lib), ["bench"])
+
+
+@linux_only
+def test_command_runs_again_under_the_allocator(tmp_path):
+    """The command re-runs with the library preloaded, and its results name the allocator. A copy of libm under
+    tcmalloc's file name stands in for tcmalloc, which CI machines do not have."""
+    fake = tmp_path / "libtcmalloc_minimal.so.4"
+    shutil.copy(_loaded_libm(), fake)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
+    bench = ["bench", "fastervit_0_224", "--model-kwargs", TINY, "-b", "1", *FAST, "--no-memory"]
+    argv = ["--allocator", str(fake), *bench, "--out", str(tmp_path)]
+    run = subprocess.run([sys.executable, "-m", "fastvits.cli", *argv], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    machine = json.loads((tmp_path / "bench.json").read_text())["machine"]
+    assert machine["allocator"] == "tcmalloc"
