@@ -73,3 +73,13 @@ def test_command_runs_again_under_the_allocator(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     machine = json.loads((tmp_path / "bench.json").read_text())["machine"]
     assert machine["allocator"] == "tcmalloc"
+
+
+def test_names_are_looked_up_even_where_a_folder_has_that_name(monkeypatch, tmp_path):
+    (tmp_path / "tcmalloc").mkdir()
+    lib_dir = tmp_path / "lib"
+    lib_dir.mkdir()
+    (lib_dir / "libtcmalloc.so.4").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(allocator, "_search_dirs", lambda: [lib_dir])
+    assert find_allocator("tcmalloc") == ("tcmalloc", lib_dir / "libtcmalloc.so.4")

@@ -58,16 +58,18 @@ def current_allocator() -> str:
 
 def find_allocator(spec: str) -> tuple[str, Path]:
     """(name, library path) for "tcmalloc", "jemalloc", "mimalloc" or the path of one of their libraries."""
-    path = Path(spec)
-    if path.name != spec or path.exists():  # a path was given
+    if spec not in ALLOCATORS:
+        path = Path(spec)
+        if path.name == spec and not path.exists():
+            raise AllocatorNotFound(
+                f"--allocator must be one of {', '.join(ALLOCATORS)} or a library path, got {spec!r}"
+            )
         name = next((n for n in ALLOCATORS if f"lib{n}" in path.name), None)
         if name is None or not path.is_file():
             raise AllocatorNotFound(
                 f"--allocator {spec}: not a tcmalloc, jemalloc or mimalloc library file (lib<name>*.so*)"
             )
         return name, path.resolve()
-    if spec not in ALLOCATORS:
-        raise AllocatorNotFound(f"--allocator must be one of {', '.join(ALLOCATORS)} or a library path, got {spec!r}")
     for directory in _search_dirs():
         for file in ALLOCATORS[spec]:
             if (directory / file).is_file():
