@@ -107,15 +107,16 @@ def test_fused_kernels_follow_weight_changes():
             torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("features", [64, 256])  # oneDNN on any rows up to ONEDNN_MAX_IN_FEATURES inputs
 @pytest.mark.parametrize("rows", [49, 2000])  # packed weights up to PACKED_ROWS rows, MKL's GEMM beyond
 @pytest.mark.parametrize(("act", "with_residual"), [("none", False), ("gelu", False), ("relu", False), ("none", True)])
-def test_fused_linear_matches_plain_path(rows, act, with_residual):
+def test_fused_linear_matches_plain_path(features, rows, act, with_residual):
     """`fastvits.layers.fused.Linear`: act(x W^T + b) + residual as one oneDNN kernel at inference, on a weight
     packed once for few rows; it follows in-place weight changes."""
-    from fastvits.layers.fused import PACKED_ROWS, Linear
+    from fastvits.layers.fused import ONEDNN_MAX_IN_FEATURES, PACKED_ROWS, Linear
 
-    layer = Linear(64, 96).eval()
-    x = torch.randn(1, rows, 64)
+    layer = Linear(features, 96).eval()
+    x = torch.randn(1, rows, features)
     residual = torch.randn(1, rows, 96) if with_residual else None
     with torch.no_grad():
         for _ in range(2):  # the second round runs on the refreshed packed weight
@@ -125,7 +126,9 @@ def test_fused_linear_matches_plain_path(rows, act, with_residual):
             torch.testing.assert_close(fused, plain, atol=1e-5, rtol=1e-5)
             layer.weight.mul_(-0.5)
         fused_kernel = "mkldnn::_linear_pointwise" in _ops_run(lambda: layer(x, act, residual))
-    assert fused_kernel == (rows <= PACKED_ROWS or act != "none" or with_residual)
+    assert fused_kernel == (
+        rows <= PACKED_ROWS or act != "none" or with_residual or features <= ONEDNN_MAX_IN_FEATURES
+    )
     assert "mkldnn::_linear_pointwise" not in _ops_run(lambda: layer(x, act, residual))  # autograd: plain path
 
 

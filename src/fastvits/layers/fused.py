@@ -26,7 +26,17 @@ from torch import nn
 from .cache import CachedByInput, is_exporting
 from .switch import Switch
 
-__all__ = ["Conv2d", "Linear", "Mlp", "PACKED_ROWS", "conv2d_fused", "fusable", "fused_kernels", "pack_conv_weight"]
+__all__ = [
+    "Conv2d",
+    "Linear",
+    "Mlp",
+    "ONEDNN_MAX_IN_FEATURES",
+    "PACKED_ROWS",
+    "conv2d_fused",
+    "fusable",
+    "fused_kernels",
+    "pack_conv_weight",
+]
 
 fused_kernels = Switch("FASTVITS_FUSED_KERNELS")
 """On/off for the whole fast path: `with fused_kernels(False): ...`, `fused_kernels.set(False)`, `.enabled`."""
@@ -101,13 +111,20 @@ PACKED_ROWS = 512
 FasterViT stage 4 at batch 1), no gain from about 1,000 rows on (tests/benchmarks in docs/benchmarks.md)."""
 
 
+ONEDNN_MAX_IN_FEATURES = 192
+"""Plain linears (no activation, no residual) on more than `PACKED_ROWS` rows run through MKL's GEMM, except those of
+at most this many input features: with so few, MKL's pass that writes the bias into the output first weighs, and
+oneDNN (bias in the kernel) was 1.04-1.5x faster (LITv2's stage-1/2 fc1 at batch 32; docs/benchmarks.md)."""
+
+
 class Linear(CachedByInput, nn.Linear):
     """`nn.Linear` (same parameters and checkpoint keys) with an optional fused activation ("relu", or "gelu": exact
     GELU) and residual add: `layer(x, act, residual)` = `act(x W^T + b) + residual`.
 
     At inference on a CPU (`fusable`) the activation and the add are oneDNN post-ops, and inputs of at most
     `PACKED_ROWS` rows use a copy of the weight packed once into oneDNN's blocked layout (cached, refreshed when
-    the weight changes); elsewhere the plain ops run.
+    the weight changes); plain products on more rows run through MKL unless `ONEDNN_MAX_IN_FEATURES` says
+    otherwise; elsewhere the plain ops run.
     """
 
     def forward(  # type: ignore[override]
@@ -117,7 +134,7 @@ class Linear(CachedByInput, nn.Linear):
             raise ValueError(f"Linear: act must be one of {sorted(_ALGORITHM)}, got {act!r}")
         if fusable(self, x) and (residual is None or residual.is_contiguous()):
             small = x.numel() <= PACKED_ROWS * self.in_features
-            if act == "none" and residual is None and not small:
+            if act == "none" and residual is None and not small and self.in_features > ONEDNN_MAX_IN_FEATURES:
                 return F.linear(x, self.weight, self.bias)  # MKL, as fast as oneDNN on many rows
             weight = self.cached_eager("packed", self._packed) if small else self.weight
             x = x.contiguous()
