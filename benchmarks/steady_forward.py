@@ -17,16 +17,14 @@ import argparse
 import os
 import time
 
-import timm
 import torch
 
-import fastvits  # noqa: F401  (registers the models with timm)
-from fastvits.bench.backends import build_official
+from fastvits.bench.backends import build_model, build_official
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help="fastvits model name, e.g. fastervit_0_224")
+    parser.add_argument("model", help="fastvits (or timm) model name, e.g. fastervit_0_224")
     parser.add_argument("--impl", choices=("fastvits", "official"), default="fastvits")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--img-size", type=int, default=224)
@@ -36,7 +34,7 @@ def main() -> None:
     print(f"pid {os.getpid()}", flush=True)
     torch.set_num_threads(args.threads)
     size = (args.img_size, args.img_size)
-    model = build_official(args.model, size) if args.impl == "official" else timm.create_model(args.model).eval()
+    model = build_official(args.model, size) if args.impl == "official" else build_model(args.model, size)[1]
     x = torch.randn(args.batch_size, 3, *size)
     with torch.inference_mode():
         for _ in range(10):

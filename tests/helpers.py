@@ -31,6 +31,13 @@ SMALL = {
 }
 
 
+# `fastvits bench` options for quick runs: a tiny FasterViT (--model-kwargs) and one short round
+BENCH_TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
+BENCH_FAST = [
+    "--rounds", "1", "--max-rounds", "1", "--warmup", "1", "--sample-time", "0", "--roof", "50", "--threads", "1",
+]
+
+
 def small_model(name: str, **kwargs) -> torch.nn.Module:
     """A registered variant at reduced width and depth, for fast CPU tests."""
     family = next(f for f in SMALL if name.startswith(f))

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import BENCH_FAST, BENCH_TINY
 
 from fastvits import allocator
 from fastvits.allocator import AllocatorNotFound, find_allocator, relaunch_with_allocator
 
-TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
-FAST = ["--rounds", "1", "--max-rounds", "1", "--warmup", "1", "--sample-time", "0", "--roof", "50", "--threads", "1"]
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="LD_PRELOAD and /proc/self/maps")
 
 
@@ -67,7 +66,7 @@ def test_command_runs_again_under_the_allocator(tmp_path):
     fake = tmp_path / "libtcmalloc_minimal.so.4"
     shutil.copy(_loaded_libm(), fake)
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
-    bench = ["bench", "fastervit_0_224", "--model-kwargs", TINY, "-b", "1", *FAST, "--no-memory"]
+    bench = ["bench", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "-b", "1", *BENCH_FAST, "--no-memory"]
     argv = ["--allocator", str(fake), *bench, "--out", str(tmp_path)]
     run = subprocess.run([sys.executable, "-m", "fastvits.cli", *argv], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from helpers import BENCH_FAST, BENCH_TINY
 from torch import nn
 
 from fastvits.bench import measure
@@ -21,12 +22,11 @@ from fastvits.bench.report import CSV_COLUMNS, official_top1, pareto_front
 from fastvits.bench.suite import allocator_note, expand_models
 from fastvits.cli import build_parser, main
 
-TINY = '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1]}'
-FAST = ["--rounds", "1", "--max-rounds", "1", "--warmup", "1", "--sample-time", "0", "--roof", "50", "--threads", "1"]
 
 
 def _bench(tmp_path, *extra: str) -> tuple[list[dict], dict]:
-    argv = ["bench", "fastervit_0_224", "--model-kwargs", TINY, "-b", "1", "--out", str(tmp_path), *FAST, *extra]
+    model = ["fastervit_0_224", "--model-kwargs", BENCH_TINY]
+    argv = ["bench", *model, "-b", "1", "--out", str(tmp_path), *BENCH_FAST, *extra]
     assert main(argv) == 0
     with open(tmp_path / "bench.csv") as f:
         rows = list(csv.DictReader(f))
@@ -174,13 +174,13 @@ def test_compare_official_explains_how_to_install(tmp_path, monkeypatch, capsys)
         "bench",
         "fastervit_0_224",
         "--model-kwargs",
-        TINY,
+        BENCH_TINY,
         "-b",
         "1",
         "--img-size",
         "64",
         "--compare-official",
-        *FAST,
+        *BENCH_FAST,
     ]
     assert main(argv) == 2
     assert "pip install fastervit" in capsys.readouterr().err

@@ -70,11 +70,12 @@ def find_allocator(spec: str) -> tuple[str, Path]:
                 f"--allocator {spec}: not a tcmalloc, jemalloc or mimalloc library file (lib<name>*.so*)"
             )
         return name, path.resolve()
-    for directory in _search_dirs():
+    directories = _search_dirs()
+    for directory in directories:
         for file in ALLOCATORS[spec]:
             if (directory / file).is_file():
                 return spec, directory / file
-    looked = ", ".join(str(d) for d in _search_dirs())
+    looked = ", ".join(str(d) for d in directories)
     raise AllocatorNotFound(
         f"--allocator {spec}: none of {', '.join(ALLOCATORS[spec])} found in {looked}. Install it ({_INSTALL[spec]}), "
         "or pass the library's path: --allocator /path/to/lib.so"

@@ -27,6 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+try:
+    import resource
+except ImportError:  # pragma: no cover - not on Windows
+    resource = None
+
 from ..allocator import current_allocator
 from ..layers.fused import fused_kernels
 
@@ -135,11 +140,7 @@ def _sync(device: torch.device | str) -> None:
 def _page_faults() -> int | None:
     """Minor page faults of this process so far: each is a page the allocator took fresh from the system and the
     kernel zeroed on first touch (glibc's malloc returns large blocks after every call; tcmalloc keeps them)."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    return None if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def _time_calls(fn: Callable[[], object], calls: int, device: torch.device | str, monitor: LoadMonitor) -> Sample:
