@@ -24,6 +24,8 @@ import safetensors.torch
 import torch
 import torch.nn as nn
 
+from .errors import UserError
+
 __all__ = [
     "CheckpointError",
     "load_checkpoint",
@@ -40,7 +42,7 @@ _FILTERS: dict[type, FilterFn] = {}
 _CONTAINER_KEYS = ("state_dict", "model", "module", "state_dict_ema", "model_ema")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint could not be read or does not fit the model; the message says why and what to do."""
 
 

@@ -1,7 +1,8 @@
 """The `fastvits` command line: one entry point, one module per subcommand group.
 
 Each module in `COMMAND_MODULES` exposes `register(subparsers)`, which adds its subcommands and sets
-`func` on them.
+`func` on them. A `UserError` (bad input the user can fix) ends the command with its message on one line and
+exit status 2; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import sys
 
 from .allocator import AllocatorNotFound, relaunch_with_allocator
+from .errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "fastvits.bench.cli", "fastvits.demo", "fastvits.downstream.cli", "fastvits.train.cli",
@@ -39,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
             relaunch_with_allocator(args.allocator, argv)  # returns only when it is already the one in use
         except AllocatorNotFound as e:
             raise SystemExit(f"fastvits: {e}") from None
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"fastvits {args.command}: error: {e}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

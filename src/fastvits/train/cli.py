@@ -2,14 +2,13 @@
 
 Every `Recipe` field becomes an override flag of `train` (`--lr-base`, `--mixup`, `--ema-decay none`, ...),
 generated from the dataclass so the recipe and its flags cannot drift apart. Problems the user can fix
-(`TrainError`, `CheckpointError`) print one line and exit with status 2.
+(`fastvits.errors.UserError`) print one line and exit with status 2 (`fastvits.cli.main`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import json_object
-from .errors import CheckpointError, TrainError
+from .errors import TrainError
 from .files import atomic_write_csv, atomic_write_json
 from .inference import ModelSource, predict, validate
 from .recipe import PRESETS, Recipe
@@ -69,19 +68,6 @@ def _size(values: list[int] | None) -> tuple[int, int] | None:
     return (values[0], values[-1])
 
 
-def _reported(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Run a command; user-fixable errors become one line on stderr and exit status 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except (TrainError, CheckpointError) as e:
-            print(f"fastvits {args.command}: error: {e}", file=sys.stderr, flush=True)
-            return 2
-
-    return run
-
-
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--img-size", type=int, nargs="+", metavar="N",
                         help="input size: SIZE or HEIGHT WIDTH (default: the model's data config)")
@@ -105,7 +91,6 @@ def _model_source(args: argparse.Namespace) -> ModelSource:
                        num_classes=args.num_classes, model_kwargs=args.model_kwargs)
 
 
-@_reported
 def _train(args: argparse.Namespace) -> int:
     preset = args.preset or default_preset(args.data)
     options = TrainOptions(
@@ -122,7 +107,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reported
 def _validate(args: argparse.Namespace) -> int:
     row = validate(_model_source(args), data=args.data, split=args.split, batch_size=args.batch_size,
                    workers=args.workers, img_size=_size(args.img_size), limit=args.limit, device=args.device,
@@ -138,7 +122,6 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reported
 def _predict(args: argparse.Namespace) -> int:
     results = predict(_model_source(args), args.images, topk=args.topk, native_size=args.native_size,
                       img_size=_size(args.img_size), device=args.device)
