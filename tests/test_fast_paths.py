@@ -107,6 +107,32 @@ def test_fused_kernels_follow_weight_changes():
             torch.testing.assert_close(after, plain, atol=1e-5, rtol=1e-5)
 
 
+def test_writes_through_data_are_picked_up_by_eval():
+    """Writes through `.data` bypass PyTorch's version counters, so the caches cannot see them (documented);
+    calling `.eval()` again drops every cache."""
+    model = randomize_batchnorms(small_model("fastervit_0_any_res")).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(x)
+        model.levels[0].blocks[0].conv2.weight.data.mul_(-1.0)
+        model.eval()
+        with fastvits.layers.fused_kernels(False):
+            plain = model(x)
+        torch.testing.assert_close(model(x), plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["fastervit_0_any_res", "litv2_s"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_fused_path_keeps_non_finite_inputs_visible(name, value):
+    """A NaN or Inf pixel gives a non-finite output on the fused path, as on the plain path (oneDNN's ReLU post-op
+    alone would turn NaN into 0 and give plausible logits)."""
+    model = small_model(name).eval()
+    x = torch.randn(1, 3, 64, 64)
+    x[0, 1, 10, 20] = value
+    with torch.no_grad():
+        assert not model(x).isfinite().any()
+
+
 @pytest.mark.parametrize("features", [64, 256])  # oneDNN on any rows up to ONEDNN_MAX_IN_FEATURES inputs
 @pytest.mark.parametrize("rows", [49, 2000])  # packed weights up to PACKED_ROWS rows, MKL's GEMM beyond
 @pytest.mark.parametrize(("act", "with_residual"), [("none", False), ("gelu", False), ("relu", False), ("none", True)])

@@ -51,9 +51,13 @@ def test_litv2_features_only_onnx(tmp_path):
     verify_onnx(path, model, torch.randn(2, *SIZE), atol=1e-4)
 
 
-def test_fastervit_onnx_matches_pytorch(tmp_path):
-    model = randomized(fastvits.create_model("fastervit_0_224", num_classes=10, **FASTERVIT_TINY))
+@pytest.mark.parametrize("window_size", [(7, 7, 7, 7), (2, 2, 2, 2)], ids=["one_window", "carrier_tokens"])
+def test_fastervit_onnx_matches_pytorch(window_size, tmp_path):
+    """TorchScript exporter, dynamic batch; with 2x3 windows in stage 3 its carrier tokens are pooled in-graph."""
+    model = fastvits.create_model("fastervit_0_224", num_classes=10, window_size=window_size, **FASTERVIT_TINY)
+    model = randomized(model)
     path = export_onnx(model, tmp_path / "fastervit.onnx", SIZE, dynamo=False)
+    assert ("AveragePool" in op_types(path)) == (window_size[2] == 2)
     for batch in (2, 3):
         verify_onnx(path, model, torch.randn(batch, *SIZE), atol=1e-4)
 

@@ -3,7 +3,8 @@
 In eval mode without autograd, a module computes such a tensor once per key (grid size, device,
 dtype) and reuses it. The cache is dropped when the module goes back to training, moves to another
 device or dtype, or when any of its parameters or buffers changes (load_state_dict, optimizer steps: PyTorch
-bumps a tensor's version counter on every in-place write). Tracing, exporting and compiling always
+bumps a tensor's version counter on every in-place write; writes through `.data` bypass it, so callers who
+use them call `.eval()` again, which drops the cache). Tracing, exporting and compiling always
 compute in-graph, so exported graphs carry the computation rather than a stale constant; only an
 inference-only (`fuse()`d) module hands its cached values to torch.compile.
 """

@@ -42,6 +42,9 @@ fused_kernels = Switch("FASTVITS_FUSED_KERNELS")
 """On/off for the whole fast path: `with fused_kernels(False): ...`, `fused_kernels.set(False)`, `.enabled`."""
 _HAVE_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 _ALGORITHM = {"none": "", "relu": "", "gelu": "none"}  # "none": exact (erf) GELU, as nn.GELU()
+# The activation each kernel applies as a post-op. oneDNN's ReLU post-op turns NaN into 0, where torch's ReLU keeps
+# it (a NaN or Inf input must not come out as plausible logits), so ReLU runs after the kernel, in place.
+_POST_OP = {"none": "none", "relu": "none", "gelu": "gelu"}
 _PLAIN_ACT = {"none": lambda y: y, "relu": F.relu, "gelu": F.gelu}  # the same activations off the fused path
 
 
@@ -77,7 +80,12 @@ def conv2d_fused(
     ops, geometry = torch.ops.mkldnn._convolution_pointwise, _geometry(conv)
     if residual is not None:
         return ops.binary(x, residual, weight, bias, *geometry, "add", 1.0, None, [], None)
-    return ops.default(x, weight, bias, *geometry, act, [], _ALGORITHM[act])
+    return _relu_after(ops.default(x, weight, bias, *geometry, _POST_OP[act], [], _ALGORITHM[act]), act)
+
+
+def _relu_after(y: torch.Tensor, act: str) -> torch.Tensor:
+    """`y`, with the ReLU that `_POST_OP` leaves out of the kernel applied in place when `act` is "relu"."""
+    return y.relu_() if act == "relu" else y
 
 
 def pack_conv_weight(weight: torch.Tensor, conv: nn.Conv2d, input_size: Sequence[int] | None = None) -> torch.Tensor:
@@ -140,7 +148,8 @@ class Linear(CachedByInput, nn.Linear):
             x = x.contiguous()
             if residual is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, self.bias, "add")
-            return torch.ops.mkldnn._linear_pointwise.default(x, weight, self.bias, act, [], _ALGORITHM[act])
+            y = torch.ops.mkldnn._linear_pointwise.default(x, weight, self.bias, _POST_OP[act], [], _ALGORITHM[act])
+            return _relu_after(y, act)
         y = _PLAIN_ACT[act](F.linear(x, self.weight, self.bias))
         return y if residual is None else y + residual
 

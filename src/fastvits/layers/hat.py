@@ -107,8 +107,10 @@ class CarrierTokenInit(nn.Module):
         """x: (B, C, H, W) padded map with H = grid[0] * window[0], W = grid[1] * window[1] -> (B, N_ct, C)."""
         x = self.pos_embed(x)
         if is_concrete(*grid):
-            kh, sh = ct_pool_geometry(grid[0], window[0], self.ct_size)
-            kw, sw = ct_pool_geometry(grid[1], window[1], self.ct_size)
+            # int(): TorchScript tracing records sizes as tensors, which its ONNX export cannot take as a kernel
+            # size once the batch is dynamic; H and W are fixed in a traced graph anyway.
+            kh, sh = map(int, ct_pool_geometry(grid[0], window[0], self.ct_size))
+            kw, sw = map(int, ct_pool_geometry(grid[1], window[1], self.ct_size))
             ct = F.avg_pool2d(x, (kh, kw), (sh, sw))  # (B, C, c*nWh, c*nWw)
         else:  # symbolic sizes: no constant kernel size
             ct = avg_pool_by_matmul(x, grid, window, self.ct_size)  # (B, C, c*nWh, c*nWw)
