@@ -135,3 +135,70 @@ def test_cache_dropped_when_weights_change(tmp_path):
         fresh = fastvits.load_checkpoint(small_model("fastervit_3_224").eval(), path)(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, fresh, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["fastervit_0_224", "litv2_s"])
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_timm_in_chans_adapts_the_input_conv(tmp_path, name, in_chans):
+    """`timm.create_model(..., pretrained=True, in_chans=N)`: the 3-channel input conv is adapted as timm does for its
+    own weights (summed for one channel), everything else loads exactly."""
+    source = small_model(name)
+    path = tmp_path / "weights.safetensors"
+    fastvits.save_safetensors(source.state_dict(), path)
+    model = small_model(name, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=dict(file=str(path)))
+    conv = model.pretrained_cfg["first_conv"] + ".weight"
+    adapted, original = model.state_dict()[conv], source.state_dict()[conv]
+    assert adapted.shape[1] == in_chans
+    if in_chans == 1:
+        torch.testing.assert_close(adapted, original.sum(1, keepdim=True), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(model.head.weight, source.head.weight, atol=0, rtol=0)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, in_chans, 64, 64)).isfinite().all()
+
+
+def test_headless_checkpoint_warns(tmp_path, fv0, caplog):
+    path = tmp_path / "backbone.safetensors"
+    fastvits.save_safetensors({k: v for k, v in fv0.state_dict().items() if not k.startswith("head.")}, path)
+    with caplog.at_level("WARNING", logger="fastvits.checkpoint"):
+        fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224"), path)
+    assert "no classifier (head)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="fastvits.checkpoint"):
+        fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224", num_classes=0), path)
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"<!DOCTYPE html><html><body>404 Not Found</body></html>", "an HTML page"),
+        (bytes(range(200)), "is not a PyTorch checkpoint or safetensors file: its first bytes"),
+        (b"", "it is empty"),
+    ],
+)
+def test_not_a_checkpoint_is_named_as_such(tmp_path, content, match):
+    """No advice to unpickle an unknown file with weights_only=False."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(fastvits.CheckpointError, match=match) as e:
+        fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224"), path)
+    assert "weights_only=False" not in str(e.value)
+
+
+def test_safetensors_under_another_suffix_loads(tmp_path, fv0):
+    path = tmp_path / "weights.bin"
+    fastvits.save_safetensors(fv0.state_dict(), path)
+    model = fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224"), path)
+    torch.testing.assert_close(model.head.bias, fv0.head.bias, atol=0, rtol=0)
+
+
+def test_non_strict_load_still_refuses_mis_shaped_tensors(tmp_path, official_sd):
+    path = tmp_path / "fastervit_0.pth.tar"
+    torch.save({"state_dict": official_sd}, path)
+    with pytest.raises(fastvits.CheckpointError, match="shape mismatch"):
+        fastvits.load_checkpoint(fastvits.create_model("fastervit_1_224"), path, strict=False)
+
+
+def test_folder_instead_of_file(tmp_path):
+    with pytest.raises(fastvits.CheckpointError, match="is a folder; pass the weights file inside it"):
+        fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224"), tmp_path)

@@ -4,8 +4,12 @@ One path for every file: official `.pth` / `.pth.tar` pickles (read with `weight
 safetensors. Containers (`state_dict`, `model`, `state_dict_ema`) are unwrapped and DDP prefixes
 stripped; a per-family filter converts official key layouts (registered with
 `register_checkpoint_filter`); the result must then match the model exactly, or the load is refused
-with the missing, unexpected and mis-shaped keys listed. The only tolerated difference is the
-classifier when the model was built with another `num_classes` (fine-tuning).
+with the missing, unexpected and mis-shaped keys listed (`strict=False` tolerates missing and unexpected keys,
+never a mis-shaped tensor). Two differences are tolerated: the classifier when the model was built with another
+`num_classes` (fine-tuning; a checkpoint without a classifier leaves it at its initialisation, with a warning), and
+an input conv of another channel count (`in_chans`), adapted as timm adapts its own pretrained weights. Files are
+recognised by content as well as by suffix (a safetensors file named `.pth` loads; a web page saved as `.pth` is
+named as such).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import safetensors
 import safetensors.torch
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 from .errors import UserError
 
@@ -54,6 +59,33 @@ def register_checkpoint_filter(model_cls: type) -> Callable[[FilterFn], FilterFn
         return fn
 
     return wrap
+
+
+def _file_format(path: Path) -> str | None:
+    """"safetensors", "torch" (a zip archive or a legacy pickle, as `torch.save` writes) or None, from the first bytes:
+    a safetensors file starts with its JSON header's length (8 bytes, little-endian), then the header's `{`."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    return None
+
+
+def _not_a_checkpoint(path: Path) -> CheckpointError:
+    with open(path, "rb") as f:
+        start = f.read(64).lstrip()
+    if not start:
+        what = "it is empty"
+    elif start[:1] == b"<":
+        what = "it is an HTML page (a failed download?)"
+    else:
+        what = f"its first bytes are {start[:16]!r}"
+    return CheckpointError(
+        f"{path} is not a PyTorch checkpoint or safetensors file: {what}. Download or copy the weights again, "
+        "or point to the .pth/.pth.tar/.safetensors file itself."
+    )
 
 
 def _torch_load(path: Path) -> object:
@@ -113,22 +145,47 @@ def _strip_prefixes(sd: Mapping[str, object]) -> StateDict:
 def read_state_dict(path: str | os.PathLike, use_ema: bool = False) -> StateDict:
     """Read a checkpoint file (safetensors or PyTorch pickle) into a flat {name: tensor} dict."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the weights file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} does not exist; check the path")
-    if path.suffix == ".safetensors":
+    kind = _file_format(path)
+    if path.suffix == ".safetensors" or kind == "safetensors":
         raw: object = _read_safetensors(path)
-    else:
+    elif kind == "torch":
         raw = _torch_load(path)
+    else:
+        raise _not_a_checkpoint(path)
     sd = _strip_prefixes(_unwrap(raw, path, use_ema))
     if not sd:
         raise CheckpointError(f"{path} contains no tensors")
     return sd
 
 
-def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+def _cfg_names(model: nn.Module, field: str, default: str) -> tuple[str, ...]:
+    """Module names from the model's pretrained_cfg (`classifier`, `first_conv`: a name or a list of names)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
-    names = cfg.get("classifier") or "head"
+    names = cfg.get(field) or default
     return (names,) if isinstance(names, str) else tuple(names)
+
+
+def _classifier_names(model: nn.Module) -> tuple[str, ...]:
+    return _cfg_names(model, "classifier", "head")
+
+
+def _adapt_input_convs(sd: StateDict, expected: StateDict, model: nn.Module) -> StateDict:
+    """Input convs trained on other channels than the model takes (`in_chans=1`, 4, ...): timm's adaptation
+    (`adapt_input_conv`: summed over the channels for one, repeated and rescaled for more), as timm applies to its
+    own pretrained weights."""
+    for name in _cfg_names(model, "first_conv", ""):
+        w = f"{name}.weight"
+        if w not in sd or w not in expected or sd[w].dim() != 4:
+            continue
+        (o, i, kh, kw), (eo, ei, ekh, ekw) = sd[w].shape, expected[w].shape
+        if i != ei and (o, kh, kw) == (eo, ekh, ekw):
+            _logger.info("input conv %s adapted from %d to %d channels", w, i, ei)
+            sd = {**sd, w: adapt_input_conv(ei, sd[w])}
+    return sd
 
 
 def _compare(sd: StateDict, expected: StateDict) -> tuple[list[str], list[str], list[str]]:
@@ -167,11 +224,14 @@ def convert_state_dict(sd: StateDict, model: nn.Module, strict: bool = True) -> 
             sd = _FILTERS[cls](sd, model)
             break
     expected = model.state_dict()
-    sd = _drop_new_head(sd, expected, model)
-    missing, unexpected, mismatched = _compare(sd, expected)
     classifier = tuple(f"{n}." for n in _classifier_names(model))
+    if any(k.startswith(classifier) for k in expected) and not any(k.startswith(classifier) for k in sd):
+        _logger.warning("checkpoint has no classifier (%s): the model's head keeps its random initialisation",
+                        ", ".join(c.rstrip(".") for c in classifier))
+    sd = _adapt_input_convs(_drop_new_head(sd, expected, model), expected, model)
+    missing, unexpected, mismatched = _compare(sd, expected)
     missing_body = [k for k in missing if not k.startswith(classifier)]
-    if strict and (missing_body or unexpected or mismatched):
+    if mismatched or (strict and (missing_body or unexpected)):  # a mis-shaped tensor never loads, strict or not
         raise CheckpointError(
             f"checkpoint does not fit {type(model).__name__}"
             + _format_list("missing in checkpoint", missing_body)
