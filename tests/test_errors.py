@@ -62,3 +62,25 @@ def test_unknown_global_pool(name):
     model = small_model(name)
     with pytest.raises(ValueError, match="global_pool must be 'avg' or ''"):
         model.reset_classifier(10, "max")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_input_dtype_differs_from_weights(model, dtype):
+    with pytest.raises(TypeError, match=rf"torch.float32 weights but got a {dtype} input.*x.to\(torch.float32\)"):
+        model(torch.randn(1, 3, 64, 64, dtype=dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():  # mixed precision: the weights stay float32
+        model(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_no_pooling_needs_no_classifier(name):
+    with pytest.raises(ValueError, match=r"global_pool='' \(no pooling\) needs num_classes=0"):
+        small_model(name, global_pool="")
+    model = small_model(name, num_classes=0, global_pool="")
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).dim() == 4  # the unpooled feature map
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        model.reset_classifier(10)
+    model.reset_classifier(10, "avg")
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)

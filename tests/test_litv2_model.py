@@ -153,6 +153,19 @@ def test_bf16_autocast_on_cpu():
     torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_model_on_cpu(dtype):
+    """A model converted with .bfloat16() / .half() runs on the CPU without autocast: the deformable conv computes
+    in float32 (torchvision's CPU kernel has no bf16 path) and hands back the model's dtype."""
+    model = tiny().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
 def test_features_only_and_stop_early():
     model = tiny(features_only=True, out_indices=(1, 2)).eval()
     assert model.feature_info.channels() == [32, 64] and model.feature_info.reduction() == [8, 16]

@@ -46,6 +46,8 @@ class WindowAttention2d(Attention2d):
         channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
+        if window_size < 1:
+            raise ValueError(f"WindowAttention2d: window_size must be at least 1, got {window_size}")
         if not 0 <= shift_size < window_size:
             raise ValueError(
                 f"WindowAttention2d: shift_size must lie in [0, window_size={window_size}), got {shift_size}"

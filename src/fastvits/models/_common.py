@@ -27,8 +27,11 @@ __all__ = [
 MIN_INPUT_SIZE = 32
 
 
-def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name: str) -> None:
-    """Raise a ValueError naming the problem and the fix for anything but a (B, in_chans, H, W) float image batch."""
+def check_image_input(
+    x: torch.Tensor, in_chans: int, min_size: int, model_name: str, weight_dtype: torch.dtype | None = None
+) -> None:
+    """Raise a ValueError naming the problem and the fix for anything but a (B, in_chans, H, W) float image batch
+    (of `weight_dtype`, the model's, if given, unless autocast is on)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{model_name} expects a torch.Tensor of shape (B, {in_chans}, H, W), got {type(x).__name__}")
     if x.dim() != 4:
@@ -47,11 +50,20 @@ def check_image_input(x: torch.Tensor, in_chans: int, min_size: int, model_name:
             f"{model_name} expects a floating-point image tensor, got {x.dtype}. Convert and normalise it first, "
             "e.g. x.float() / 255 followed by the model's mean/std normalisation."
         )
+    if weight_dtype is not None and x.dtype != weight_dtype and not _autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{model_name} has {weight_dtype} weights but got a {x.dtype} input. Convert one to the other "
+            f"(x.to({weight_dtype}) or model.to({x.dtype})), or run under torch.autocast for mixed precision."
+        )
     if x.shape[2] < min_size or x.shape[3] < min_size:
         raise ValueError(
             f"{model_name} needs images of at least {min_size}x{min_size} pixels, got {x.shape[2]}x{x.shape[3]}. "
             f"Resize or pad the input to at least {min_size} pixels per side."
         )
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def init_linear(m: nn.Module) -> None:
@@ -69,9 +81,14 @@ def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[
     return [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
 
 
-def _check_global_pool(global_pool: str) -> None:
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
     if global_pool not in ("avg", ""):
         raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+    if global_pool == "" and num_classes > 0:
+        raise ValueError(
+            f"global_pool='' (no pooling) needs num_classes=0: the classifier ({num_classes} classes) takes pooled "
+            "features. Pass num_classes=0 for the unpooled feature map, or keep global_pool='avg'."
+        )
 
 
 def base_cfg(url: str, **kwargs: Any) -> dict[str, Any]:
@@ -133,7 +150,7 @@ class StagedModel(nn.Module):
         self, in_chans: int, num_classes: int, global_pool: str, drop_rate: float, num_features: int
     ) -> None:
         """The attributes of timm's model protocol, set before the network is built."""
-        _check_global_pool(global_pool)
+        _check_global_pool(global_pool, num_classes)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
@@ -156,7 +173,9 @@ class StagedModel(nn.Module):
         raise NotImplementedError
 
     def check_input(self, x: torch.Tensor) -> None:
-        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__)
+        weight = next(self.parameters(), None)
+        dtype = None if weight is None else weight.dtype
+        check_image_input(x, self.in_chans, MIN_INPUT_SIZE, type(self).__name__, dtype)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -169,10 +188,12 @@ class StagedModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
         if global_pool is not None:
-            _check_global_pool(global_pool)
+            _check_global_pool(global_pool, num_classes)
             self.global_pool = global_pool
+        else:
+            _check_global_pool(self.global_pool, num_classes)
+        self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore

@@ -188,11 +188,13 @@ class DeformConv2dPack(nn.Module):
         if fusable(self, x):  # CPU inference: one weighted gather + one GEMM, 1.1-4.3x faster than torchvision here
             return deform_conv2d_sampled(x, offset, self.weight, self.bias, s, p)
         kind = x.device.type
-        if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind):
-            # torchvision's CPU kernel has no bf16/fp16 path: run float32 and hand back the input's dtype, as
-            # torchvision's own CUDA autocast wrapper does
+        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+        if autocast or x.dtype in (torch.float16, torch.bfloat16):
+            # torchvision's CPU kernel has no bf16 path (and half precision gains nothing in this small layer): run
+            # float32 and hand back the input's dtype, as torchvision's own CUDA autocast wrapper does
+            weight, bias = self.weight.float(), self.bias.float()
             with torch.autocast(kind, enabled=False):
-                out = deform_conv2d(x.float(), offset.float(), self.weight, self.bias, stride=(s, s), padding=(p, p))
+                out = deform_conv2d(x.float(), offset.float(), weight, bias, stride=(s, s), padding=(p, p))
             return out.to(x.dtype)
         return deform_conv2d(x, offset, self.weight, self.bias, stride=(s, s), padding=(p, p))
 
