@@ -7,6 +7,7 @@ bookkept and that every backend returns the plain eager output.
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -184,6 +185,30 @@ def test_compare_official_explains_how_to_install(tmp_path, monkeypatch, capsys)
     ]
     assert main(argv) == 2
     assert "pip install fastervit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["bench", "no_such_model"], "unknown model 'no_such_model': neither a fastvits model"),
+        (["bench", "no_such_model_*"], r"no fastvits or timm model matches 'no_such_model_\*'"),
+        (["bench", "fastervit_0_224", "--img-size", "16"], "at least 32x32 px, got 16: pass a larger --img-size"),
+        (["bench", "fastervit_0_224", "--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+        (["bench", "fastervit_0_224", "--checkpoint", "nope.pth"], "checkpoint file nope.pth does not exist"),
+        (["bench", "attention", "--dim", "50", "--heads", "4"], "--dim 50 --heads 4: .*multiple of num_heads=4"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv if "attention" in argv else [*argv, *BENCH_FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(f"fastvits bench: error: .*{message}", err) and "Traceback" not in err
+
+
+@pytest.mark.parametrize("option", ["-b 0", "--threads 0", "--rounds 0", "--warmup -1", "--sample-time -1"])
+def test_counts_and_times_are_checked_by_the_parser(option, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "fastervit_0_224", *option.split()])
+    assert e.value.code == 2 and "is not a" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- end to end

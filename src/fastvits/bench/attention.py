@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
+from ..argtypes import non_negative_float, non_negative_int, positive_int
 from ..layers import ATTENTION_2D, Attention2d, create_attention2d, fused_attn
-from .backends import BackendSpec, prepare_runner
+from .backends import BackendSpec, BenchError, prepare_runner
 from .cli import add_mode, parse_size
 from .measure import count_gmacs, machine_info
 from .report import print_table, write_csv, write_json
@@ -213,25 +214,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--kinds", nargs="+", choices=list(ATTENTION_2D), default=list(ATTENTION_2D), help="layers")
     g.add_argument("--baseline", choices=list(ATTENTION_2D), default="hilo", help="the speedup column's reference")
-    g.add_argument("--dim", type=int, default=768, help="channels (default 768)")
-    g.add_argument("--heads", type=int, default=12, help="attention heads (default 12)")
+    g.add_argument("--dim", type=positive_int, default=768, help="channels (default 768)")
+    g.add_argument("--heads", type=positive_int, default=12, help="attention heads (default 12)")
     g.add_argument("--sizes", type=parse_size, nargs="+", default=[(14, 14)], help="token grids, 14 or HxW")
-    g.add_argument("-b", "--batch-size", type=int, default=64)
-    g.add_argument("--window", type=int, default=7, help="window side of W-MSA and HAT")
-    g.add_argument("--sr-ratio", type=int, default=2, help="SRA reduction ratio")
-    g.add_argument("--hilo-window", type=int, default=2, help="HiLo window / pooling size")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=64)
+    g.add_argument("--window", type=positive_int, default=7, help="window side of W-MSA and HAT")
+    g.add_argument("--sr-ratio", type=positive_int, default=2, help="SRA reduction ratio")
+    g.add_argument("--hilo-window", type=positive_int, default=2, help="HiLo window / pooling size")
     g.add_argument("--alpha", type=float, default=0.9, help="HiLo's fraction of Lo-Fi heads")
-    g.add_argument("--ct-size", type=int, default=2, help="HAT carrier tokens per window side")
+    g.add_argument("--ct-size", type=positive_int, default=2, help="HAT carrier tokens per window side")
     g.add_argument("--max-gflop", type=float, default=2000.0, help="skip configurations above this work per call")
     g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    g.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
+    g.add_argument("--threads", type=positive_int, help="torch threads (default: torch's default)")
     g.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("how to measure")
-    m.add_argument("--rounds", type=int, default=5, help="quiet interleaved rounds wanted")
-    m.add_argument("--max-rounds", type=int, help="give up waiting for quiet rounds after this many (default 2x)")
-    m.add_argument("--warmup", type=int, default=2)
-    m.add_argument("--sample-time", type=float, default=0.3, help="seconds per timed sample")
+    m.add_argument("--rounds", type=positive_int, default=5, help="quiet interleaved rounds wanted")
+    m.add_argument("--max-rounds", type=positive_int, help="give up on quiet rounds after this many (default 2x)")
+    m.add_argument("--warmup", type=non_negative_int, default=2)
+    m.add_argument("--sample-time", type=non_negative_float, default=0.3, help="seconds per timed sample")
     m.add_argument("--max-load", type=float, default=0.2, help="cores of other work above which a sample is noisy")
     m.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
     o = p.add_argument_group("output")
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("fastvits bench attention: --device cuda asked but torch sees no CUDA device")
+        raise BenchError("--device cuda asked but torch sees no CUDA device")
     settings = BenchSettings(
         device=args.device,
         threads=args.threads,
@@ -259,6 +260,11 @@ def run(args: argparse.Namespace) -> int:
     )
     kinds = [args.baseline] + [k for k in args.kinds if k != args.baseline]
     specs = layer_specs(kinds, args.window, args.sr_ratio, args.hilo_window, args.alpha, args.ct_size)
+    for spec in specs:  # the layers' own checks (head split, window sizes), before any timing
+        try:
+            spec.build(args.dim, args.heads)
+        except ValueError as e:
+            raise BenchError(f"{spec.kind} with --dim {args.dim} --heads {args.heads}: {e}") from None
     rows, notes = bench_attention(specs, args.dim, args.heads, args.sizes, args.batch_size, settings, args.max_gflop)
     machine = machine_info(args.device)
     device = machine.get("gpu", "cpu")

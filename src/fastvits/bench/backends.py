@@ -30,16 +30,19 @@ import timm
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..layers import fused_attn, fused_kernels
 from ..registry import create_model, list_models, resolve_name
 
 __all__ = [
     "BACKENDS",
     "BackendSpec",
+    "BenchError",
     "OfficialUnavailable",
     "Runner",
     "build_model",
     "build_official",
+    "check_model_name",
     "copy_weights_to_official",
     "default_img_size",
     "official_name",
@@ -59,6 +62,10 @@ OFFICIAL_INSTALL_HINT = (
 # ------------------------------------------------------------------------------------------------ specs
 
 
+class BenchError(UserError, ValueError):
+    """A benchmark asked for something this machine or these models cannot do; the message says what to change."""
+
+
 @dataclass(frozen=True)
 class BackendSpec:
     """How a model is run: backend plus channels_last / reparameterisation / plain-path modifiers."""
@@ -73,18 +80,18 @@ class BackendSpec:
     def parse(cls, text: str) -> BackendSpec:
         backend, *mods = text.strip().lower().split("+")
         if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
+            raise BenchError(f"unknown backend {backend!r} in {text!r}; choose from {', '.join(BACKENDS)}")
         unknown = set(mods) - {"cl", "reparam", "plain", "freeze"}
         if unknown:
-            raise ValueError(
+            raise BenchError(
                 f"unknown modifier(s) {', '.join(sorted(unknown))} in {text!r}; use +cl, +reparam, +plain, +freeze"
             )
         if "freeze" in mods and backend != "compile":
-            raise ValueError(f"+freeze is an option of torch.compile: use compile+freeze, not {text!r}")
+            raise BenchError(f"+freeze is an option of torch.compile: use compile+freeze, not {text!r}")
         if backend == "onnxruntime" and "cl" in mods:
-            raise ValueError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
+            raise BenchError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
         if backend == "onnxruntime" and "plain" in mods:
-            raise ValueError("the ONNX export is always the plain path: drop +plain from onnxruntime")
+            raise BenchError("the ONNX export is always the plain path: drop +plain from onnxruntime")
         return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods, "freeze" in mods)
 
     def __str__(self) -> str:
@@ -119,6 +126,14 @@ def is_fastvits_model(name: str) -> bool:
     return resolve_name(name) in set(list_models())
 
 
+def check_model_name(name: str) -> None:
+    """Raise BenchError unless `name` is a fastvits model (or an official alias) or a timm model."""
+    if not is_fastvits_model(name) and not timm.is_model(name.split(".")[0]):
+        raise BenchError(
+            f"unknown model {name!r}: neither a fastvits model ({', '.join(list_models())}) nor a timm model"
+        )
+
+
 def default_img_size(name: str) -> tuple[int, int]:
     """The (H, W) a model is evaluated at by default (its pretrained config), 224x224 if unknown."""
     arch = resolve_name(name).split(".")[0]
@@ -151,10 +166,7 @@ def build_model(
 
             load_checkpoint(model, checkpoint)
         return "fastvits", model.eval()
-    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
-        raise ValueError(
-            f"unknown model {name!r}: neither a fastvits model ({', '.join(list_models())}) nor a timm model"
-        )
+    check_model_name(name)
     try:
         model = timm.create_model(name, img_size=img_size, **kwargs) if img_size else timm.create_model(name, **kwargs)
     except TypeError:  # the architecture takes no img_size
@@ -332,7 +344,7 @@ def export_onnx_file(module: nn.Module, example: torch.Tensor, path: Path, expor
     the same exporter.
     """
     if exporter not in ONNX_EXPORTERS:
-        raise ValueError(f"unknown ONNX exporter {exporter!r}; choose from {', '.join(ONNX_EXPORTERS)}")
+        raise BenchError(f"unknown ONNX exporter {exporter!r}; choose from {', '.join(ONNX_EXPORTERS)}")
     export_onnx = None
     if exporter != "torchscript":
         try:
@@ -429,9 +441,9 @@ def prepare_runner(
 
     # onnxruntime (CPU, fp32)
     if device.type != "cpu":
-        raise ValueError("the onnxruntime backend runs on the CPU only: use --device cpu")
+        raise BenchError("the onnxruntime backend runs on the CPU only: use --device cpu")
     if precision != "fp32":
-        raise ValueError("the onnxruntime backend runs fp32 only: use --precision fp32")
+        raise BenchError("the onnxruntime backend runs fp32 only: use --precision fp32")
     threads = threads or torch.get_num_threads()
     tmp = Path(tempfile.mkdtemp(prefix="fastvits-onnx-", dir=onnx_dir))
     exports: dict[tuple[int, ...] | None, Path] = {}

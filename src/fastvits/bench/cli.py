@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import json_object
-from .backends import BACKENDS, ONNX_EXPORTERS, OfficialUnavailable, parse_backends
+from ..argtypes import json_object, non_negative_float, non_negative_int, positive_int
+from .backends import BACKENDS, ONNX_EXPORTERS, BenchError, OfficialUnavailable, parse_backends
 from .report import print_results, save_results
 from .suite import BenchSettings, bench_models
 
@@ -95,7 +95,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="fastvits or timm model names, wildcards allowed (default fastervit_0_224)",
     )
     g = p.add_argument_group("what to run")
-    g.add_argument("-b", "--batch-size", type=int, nargs="+", help="batch sizes (default 1 32 on CPU, 1 256 on CUDA)")
+    g.add_argument(
+        "-b", "--batch-size", type=positive_int, nargs="+", help="batch sizes (default 1 32 on CPU, 1 256 on CUDA)"
+    )
     g.add_argument(
         "--img-size", type=parse_size, nargs="+", help="image sizes, 224 or HxW (default: each model's own input size)"
     )
@@ -133,19 +135,19 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "interleaved with fastvits",
     )
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    g.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's default)")
+    g.add_argument("--threads", type=positive_int, help="torch and onnxruntime threads (default: torch's default)")
     g.add_argument("--model-kwargs", type=json_object, default={}, help="JSON kwargs for the model constructors")
     g.add_argument("--checkpoint", help="weights for the fastvits model (official .pth.tar or safetensors)")
     g.add_argument("--seed", type=int, default=0)
     m = p.add_argument_group("how to measure")
-    m.add_argument("--rounds", type=int, default=5, help="quiet interleaved rounds wanted (default 5)")
+    m.add_argument("--rounds", type=positive_int, default=5, help="quiet interleaved rounds wanted (default 5)")
     m.add_argument(
-        "--max-rounds", type=int, help="give up waiting for quiet rounds after this many (default 2x --rounds)"
+        "--max-rounds", type=positive_int, help="give up waiting for quiet rounds after this many (default 2x --rounds)"
     )
-    m.add_argument("--warmup", type=int, default=2, help="untimed calls per runner first (default 2)")
+    m.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per runner first (default 2)")
     m.add_argument(
         "--sample-time",
-        type=float,
+        type=non_negative_float,
         default=0.3,
         help="seconds per timed sample: short calls are repeated (default 0.3)",
     )
@@ -174,9 +176,9 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
             args.backend, compile=args.compile, channels_last=args.channels_last, reparam=args.reparam
         )
     except ValueError as e:
-        raise SystemExit(f"fastvits bench: {e}") from None
+        raise BenchError(str(e)) from None
     if args.device == "cuda" and any(s.backend == "onnxruntime" for s in backends):
-        raise SystemExit("fastvits bench: the onnxruntime backend runs on the CPU only (--device cpu)")
+        raise BenchError("the onnxruntime backend runs on the CPU only (--device cpu)")
     return BenchSettings(
         models=list(args.models),
         batch_sizes=args.batch_size,
@@ -248,7 +250,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="bench_mode",
         metavar="MODE",
         action=_ModeAction,
-        help=f"{DEFAULT_MODE} (default)" + "".join(f", {m.rsplit('.', 1)[-1]}" for m in MODE_MODULES),
     )
     models = add_mode(
         modes,
@@ -260,5 +261,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for name in MODE_MODULES:
         importlib.import_module(name).register(modes)
+    modes.help = ", ".join(f"{mode} (default)" if mode == DEFAULT_MODE else mode for mode in modes.choices)
     # `fastvits bench` alone: the default mode with its defaults
     bench.set_defaults(func=lambda args: run_models(models.parse_args([])))

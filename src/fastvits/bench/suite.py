@@ -24,10 +24,12 @@ from torch import nn
 from ..registry import list_models
 from .backends import (
     BackendSpec,
+    BenchError,
     OfficialUnavailable,
     Runner,
     build_model,
     build_official,
+    check_model_name,
     copy_weights_to_official,
     default_img_size,
     prepare_runner,
@@ -106,8 +108,9 @@ def expand_models(patterns: Sequence[str]) -> list[str]:
         if any(c in p for c in "*?["):
             found = list_models(p) or timm.list_models(p)
             if not found:
-                raise ValueError(f"no fastvits or timm model matches {p!r}; see fastvits.list_models()")
+                raise BenchError(f"no fastvits or timm model matches {p!r}; see fastvits.list_models()")
         else:
+            check_model_name(p)
             found = [p]
         names += [n for n in found if n not in names]
     return names
@@ -361,13 +364,23 @@ def _build_entries(
     return entries, ours_gmacs
 
 
+def check_img_size(name: str, model: nn.Module, size: tuple[int, int]) -> None:
+    """Refuse an image size below the model's `min_input_size` (pretrained_cfg) before anything is timed."""
+    min_size = (getattr(model, "pretrained_cfg", None) or {}).get("min_input_size")
+    if min_size and (size[0] < min_size[-2] or size[1] < min_size[-1]):
+        raise BenchError(
+            f"{name} takes images of at least {min_size[-2]}x{min_size[-1]} px, got {size_text(size)}: "
+            "pass a larger --img-size"
+        )
+
+
 def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
     """The `fastvits bench models` run; see the module docstring."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     device = torch.device(settings.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked but torch sees no CUDA device")
+        raise BenchError("--device cuda asked but torch sees no CUDA device")
     names = expand_models(settings.models)
     results = BenchResults(machine_info(device), settings.to_dict())
     results.machine["roof_gflops"] = roof = measure_roof(settings, log)
@@ -380,6 +393,7 @@ def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
             if ours is None or ours[0] != "fastvits":  # fastvits models run every size; timm's are built per size
                 torch.manual_seed(settings.seed)
                 ours = build_model(name, size, settings.model_kwargs, settings.checkpoint)
+            check_img_size(name, ours[1], size)
             entries, ours_gmacs = _build_entries(
                 name, size, ours, settings, keep_original=k == len(sizes) - 1, notes=results.notes, log=log
             )
