@@ -66,8 +66,9 @@ def test_damaged_checkpoint_is_refused_and_previous_loads(tmp_path, damage):
 def test_foreign_file_is_refused(tmp_path):
     path = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, path)
-    with pytest.raises(CheckpointError, match="not a fastvits training checkpoint"):
+    with pytest.raises(CheckpointError, match="not a fastvits training checkpoint") as refused:
         load_checkpoint(path)
+    assert "pass them with --checkpoint instead" in str(refused.value)  # the flag of `fastvits train` for weights
 
 
 def test_prune_keeps_newest_and_stale_temporaries_go(tmp_path):

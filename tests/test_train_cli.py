@@ -1,6 +1,7 @@
 """`fastvits train`, `validate` and `predict` end to end, in-process, on a tiny FasterViT and tiny images."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,17 +13,9 @@ from fastvits.cli import build_parser, main
 from fastvits.train.cli import _recipe
 from fastvits.train.recipe import PRESETS
 
-TINY_FASTERVIT = ["--model", "fastervit_0_any_res", "--model-kwargs",
-                  '{"dim": 16, "in_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 2, 2], '
-                  '"window_size": [4, 4, 4, 4]}', "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """In-process runs set torch's thread count for their CPU share; give the rest of the suite its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+TINY_FASTERVIT_KWARGS = dict(dim=16, in_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=[4, 4, 4, 4])
+TINY_FASTERVIT = ["--model", "fastervit_0_any_res", "--model-kwargs", json.dumps(TINY_FASTERVIT_KWARGS),
+                  "--threads", "1"]
 
 
 def test_recipe_flags_override_the_preset():
@@ -87,10 +80,74 @@ def test_validate_and_predict_from_the_run(trained_run, tmp_path, capsys):
 
 
 def test_validate_refuses_a_dataset_with_other_classes(trained_run, tmp_path, capsys):
-    _, out = trained_run
+    """Labels are positions in the class list: other class names, even as many, would be scored as wrong."""
+    data, out = trained_run
     other = make_image_folder(tmp_path / "other", classes=2, train=1, val=1)
     assert main(["validate", "--run", str(out), "--data", str(other), "--no-progress"]) == 2
+    assert "has classes [class_0, class_1] but the model in" in capsys.readouterr().err
+    renamed = tmp_path / "renamed" / "val"
+    for name, new in (("class_0", "a_class_2"), ("class_1", "b_class_1"), ("class_2", "c_class_0")):
+        shutil.copytree(data / "val" / name, renamed / new)
+    assert main(["validate", "--run", str(out), "--data", str(renamed.parent), "--no-progress"]) == 2
+    assert (f"{renamed} has classes [a_class_2, b_class_1, c_class_0] but the model in {out} has classes "
+            "[class_0, class_1, class_2]") in capsys.readouterr().err
+    named = ["validate", "--model", "fastervit_0_any_res", "--num-classes", "3", "--model-kwargs",
+             json.dumps(TINY_FASTERVIT_KWARGS), "--data", str(other), "--no-progress"]
+    assert main(named) == 2  # a model without a run knows only how many classes it predicts
     assert "has 2 classes but the model predicts 3" in capsys.readouterr().err
+
+
+def test_validate_on_a_folder_with_only_the_val_split(trained_run, tmp_path):
+    data, out = trained_run
+    shutil.copytree(data / "val", tmp_path / "eval_only" / "val")
+    result = tmp_path / "result.json"
+    assert main(["validate", "--run", str(out), "--data", str(tmp_path / "eval_only"), "--no-progress",
+                 "--results-file", str(result)]) == 0
+    assert json.loads(result.read_text())["samples"] == 12
+
+
+def test_unreadable_image_in_a_data_worker_is_one_line(trained_run, tmp_path, capsys):
+    data, out = trained_run
+    root = tmp_path / "data"
+    shutil.copytree(data / "val", root / "val")
+    broken = root / "val" / "class_1" / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    assert main(["validate", "--run", str(out), "--data", str(root), "--workers", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fastvits validate: error: cannot decode image {broken} (") and "Delete or replace" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("mistake", ["output under a file", "results file under a file", "unknown model argument",
+                                     "cuda without a GPU"])
+def test_user_mistakes_are_one_line_errors(trained_run, tmp_path, capsys, mistake):
+    data, out = trained_run
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    train = ["train", "--model", "test_vit", "--data", str(data), "--img-size", "32", "--no-progress",
+             "--output", str(tmp_path / "run")]
+    args, expected = {
+        "output under a file": ([*train[:-1], str(blocker / "run")],
+                                f"--output {blocker / 'run'}: cannot write files in {blocker / 'run'} ({blocker} "
+                                "is a file); choose a path you can write to"),
+        "results file under a file": (["validate", "--run", str(out), "--data", str(data),
+                                       "--results-file", str(blocker / "r.json")],
+                                      f"--results-file {blocker / 'r.json'}: cannot write files in {blocker}"),
+        "unknown model argument": ([*train, "--model-kwargs", '{"embed_dimm": 8}'],
+                                   "model test_vit has no constructor argument 'embed_dimm'"),
+        "cuda without a GPU": ([*train, "--device", "cuda"], "--device cuda was given but PyTorch sees no CUDA"),
+    }[mistake]
+    if mistake == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert expected in err and len(err.splitlines()) == 1
+
+
+def test_epochs_help_counts_the_cooldown(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "follow, so the fastervit preset with --epochs 2 trains 12" in " ".join(capsys.readouterr().out.split())
 
 
 def test_finetune_from_weights_with_a_new_head(trained_run, tmp_path):

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from fastvits.cli import main
 from fastvits.train.data import check_images, open_dataset, parse_data
 from fastvits.train.errors import DataError
 from fastvits.train.fashion_mnist import FashionMNIST, find_root
@@ -57,7 +58,18 @@ def test_broken_image_is_named(tmp_path):
     with pytest.raises(DataError, match="broken.png"):
         dataset[index]
     with pytest.raises(DataError, match=r"(?s)1 image\(s\) cannot be decoded.*broken.png"):
-        check_images(parse_data(str(root)), "train")
+        check_images(parse_data(str(root)), ("train",))
+
+
+def test_check_data_lists_the_unreadable_images_of_every_split(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data", train=2, val=1)
+    for broken in (root / "train" / "class_1" / "broken.png", root / "val" / "class_2" / "broken.jpg"):
+        broken.write_bytes(b"not an image")
+    assert main(["train", "--model", "test_vit", "--data", str(root), "--img-size", "32", "--check-data",
+                 "--output", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "2 image(s) cannot be decoded" in err
+    assert "train/class_1/broken.png" in err and "val/class_2/broken.jpg" in err
 
 
 def test_empty_class_folder_is_named(tmp_path):

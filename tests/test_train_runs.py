@@ -1,4 +1,5 @@
-"""Whole training runs as users start them: torchrun equivalence, SIGKILL and resume, divergence.
+"""Whole training runs as users start them: torchrun equivalence, SIGKILL and resume, divergence, what a resume
+must keep, and the order of the files written at an epoch end.
 
 Runs go through subprocesses with one compute thread each, so they are deterministic and kill-able; the image data
 is a tiny synthetic ImageFolder and the model timm's `test_vit` (LayerNorm only, so batch statistics cannot
@@ -7,6 +8,7 @@ differ between one and two processes).
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,22 +19,17 @@ import numpy as np
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
+from test_train_cli import TINY_FASTERVIT, TINY_FASTERVIT_KWARGS
 from test_train_data import make_image_folder
 
+import fastvits.train.checkpoint
 from fastvits.cli import main
 from fastvits.train.checkpoint import list_checkpoints, load_checkpoint
+from fastvits.train.distributed import unused_parameters
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 TINY = ["--model", "test_vit", "--img-size", "32", "--no-progress", "--seed", "0", "--threads", "1"]
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    """In-process runs set torch's thread count for their CPU share; give the rest of the suite its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _env() -> dict[str, str]:
@@ -157,3 +154,124 @@ def test_existing_run_needs_resume(tmp_path, capsys):
     assert main(args) == 0
     assert main(args) == 2 and "--resume" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0  # a finished run resumes to nothing
+
+
+def test_unused_parameters_are_found_without_changing_the_model():
+    """At 32 px the tiny FasterViT's stages 3 and 4 hold one window each: their carrier-token attention is unused."""
+    torch.manual_seed(0)
+    model = timm.create_model("fastervit_0_any_res", num_classes=3, **TINY_FASTERVIT_KWARGS)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    unused = unused_parameters(model, (3, 32, 32), torch.device("cpu"))
+    assert any(".hat_" in name for name in unused) and all(name.startswith("levels.2.") for name in unused)
+    assert unused_parameters(model, (3, 128, 128), torch.device("cpu")) == []  # several windows: all train
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BatchNorm statistics too
+    assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_two_processes_train_a_model_with_unused_parameters(tmp_path):
+    """DDP fails in the second step unless told about parameters without gradient; they stay untouched, as in
+    one process (AdamW's weight decay skips parameters without gradient)."""
+    data = make_image_folder(tmp_path / "data", classes=3, train=6, val=1)  # 2 steps of 2 processes x 2 x 2
+    log = tmp_path / "ddp.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "fastvits.cli",
+         "train", *TINY_FASTERVIT, "--data", str(data), "--img-size", "32", "--preset", "plain", "-b", "2",
+         "--accum-steps", "2", "--workers", "0", "--no-progress", "--output", str(tmp_path / "run")],
+        env=_env(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    _finish(proc, log)
+    assert "DDP looks for unused parameters" in log.read_text()
+    torch.manual_seed(0)
+    model = timm.create_model("fastervit_0_any_res", num_classes=3, drop_path_rate=0.0, **TINY_FASTERVIT_KWARGS)
+    init = model.state_dict()
+    trained = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.equal(trained[k], init[k]) for k in unused_parameters(model, (3, 32, 32), torch.device("cpu")))
+    assert not torch.equal(trained["head.weight"], init["head.weight"])
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *TINY, "--data", str(data), "--preset", "plain", "-b", "4", "--workers", "0",
+            "--output", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished 2-epoch run of 2 classes; tests that change it work on a copy."""
+    root = tmp_path_factory.mktemp("finished")
+    data = make_image_folder(root / "data", classes=2, train=4, val=1)
+    assert main(_train_args(data, root / "run", "--epochs", "2")) == 0
+    return data, root / "run"
+
+
+def test_resume_refuses_changed_settings(finished_run, capsys):
+    data, out = finished_run
+    run_file = (out / "run.json").read_bytes()
+    assert main([*_train_args(data, out, "--epochs", "3", "--lr", "0.01", "--train-samples", "2"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 2 -> 3" in err and "--lr none -> 0.01" in err and "--train-samples none -> 2" in err
+    assert "--resume continues a run with its own settings" in err and "another --output" in err
+    assert len(err.splitlines()) == 1 and (out / "run.json").read_bytes() == run_file
+
+
+def test_resume_accepts_changed_settings_that_keep_the_result(finished_run, tmp_path):
+    data, out = finished_run
+    run = shutil.copytree(out, tmp_path / "run")
+    assert main([*_train_args(data, run, "--epochs", "2"), "--resume", "--save-every", "1", "--keep-checkpoints", "3",
+                 "--eval-batch-size", "1", "--check-data", "--device", "cpu"]) == 0
+
+
+def test_resume_refuses_another_model_or_other_classes(finished_run, tmp_path, capsys):
+    data, out = finished_run
+    checkpoint = str(list_checkpoints(out / "checkpoints")[-1])
+    other = tmp_path / "other"
+    assert main([*_train_args(data, other, "--epochs", "2", "--model-kwargs", '{"depth": 2}'),
+                 "--resume", checkpoint]) == 2
+    err = capsys.readouterr().err
+    assert f"{checkpoint} holds test_vit with 2 classes [class_0, class_1], but this run builds test_vit " \
+           '{"depth": 2} with 2 classes' in err and len(err.splitlines()) == 1
+    three = make_image_folder(tmp_path / "three", classes=3, train=4, val=1)
+    assert main([*_train_args(three, other, "--epochs", "2"), "--resume", checkpoint]) == 2
+    assert "this run builds test_vit with 3 classes [class_0, class_1, class_2]" in capsys.readouterr().err
+
+
+def test_weights_are_exported_before_the_checkpoint(tmp_path, monkeypatch):
+    """A kill between the two writes of an epoch end must not leave a checkpoint without its weights."""
+
+    class Killed(Exception):
+        pass
+
+    def killed(path, state):
+        raise Killed
+
+    monkeypatch.setattr(fastvits.train.checkpoint, "save_checkpoint", killed)
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, val=1)
+    with pytest.raises(Killed):
+        main(_train_args(data, tmp_path / "run"))
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+
+
+def test_resuming_a_finished_run_exports_missing_or_stale_weights(finished_run, tmp_path, capsys):
+    data, out = finished_run
+    run = shutil.copytree(out, tmp_path / "run")
+    final = load_checkpoint(list_checkpoints(run / "checkpoints")[-1])["model"]
+    weights = run / "model.safetensors"
+    stale = {k: torch.zeros_like(v) for k, v in final.items()}
+    for damage in (weights.unlink, lambda: save_file(stale, str(weights))):
+        damage()
+        assert main([*_train_args(data, run, "--epochs", "2"), "--resume"]) == 0
+        assert "exported the weights" in capsys.readouterr().out
+        assert all(torch.equal(v, final[k]) for k, v in load_file(str(weights)).items())
+
+
+def test_training_restores_the_thread_count_and_counts_cooldown_epochs(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", classes=2, train=4, val=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the run uses --threads 1
+    try:
+        assert main(_train_args(data, tmp_path / "run", "--epochs", "1", "--cooldown-epochs", "1")) == 0
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "2 epochs (1 + 1 cooldown at the minimum lr) x 2 steps" in out and "epoch 2/2" in out

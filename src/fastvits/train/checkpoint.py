@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 FORMAT = "fastvits-train-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: "run" holds the settings a resume must repeat (see resume.py)
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -102,8 +102,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError... for damaged files
         raise CheckpointError(_damaged(path, f"it cannot be read ({type(e).__name__}: {str(e)[:160]})")) from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a fastvits training checkpoint (for model weights use "
-                              "--initial-checkpoint or --checkpoint instead of --resume)")
+        raise CheckpointError(f"{path} is not a fastvits training checkpoint: --resume takes a checkpoints/step-*.pt "
+                              "file of a `fastvits train` run; to start a new run from model weights, pass them "
+                              "with --checkpoint instead")
     if state.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this fastvits reads "
                               f"version {VERSION}; resume it with the fastvits release that wrote it")

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..argtypes import json_object
 from .errors import TrainError
-from .files import atomic_write_csv, atomic_write_json
+from .files import atomic_write_csv, atomic_write_json, require_writable_file
 from .inference import ModelSource, predict, validate
 from .recipe import PRESETS, Recipe
 from .trainer import TrainOptions, default_preset, run_training
@@ -108,6 +108,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    if args.results_file:
+        require_writable_file(args.results_file, "--results-file")  # before the evaluation, not after it
     row = validate(_model_source(args), data=args.data, split=args.split, batch_size=args.batch_size,
                    workers=args.workers, img_size=_size(args.img_size), limit=args.limit, device=args.device,
                    amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress)
@@ -123,6 +125,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    if args.results_file:
+        require_writable_file(args.results_file, "--results-file")
     results = predict(_model_source(args), args.images, topk=args.topk, native_size=args.native_size,
                       img_size=_size(args.img_size), device=args.device)
     for r in results:

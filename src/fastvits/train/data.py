@@ -21,14 +21,15 @@ from torch.utils.data import Dataset, Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .distributed import all_gather_objects
 from .errors import DataError
 from .fashion_mnist import CLASS_NAMES as FASHION_MNIST_CLASSES
 from .fashion_mnist import FashionMNIST
 from .recipe import Recipe
 
 __all__ = [
-    "DataSource", "check_images", "class_names", "eval_transform", "load_image", "open_dataset", "parse_data",
-    "resolve_input_config", "train_transform",
+    "DataSource", "check_classes", "check_images", "class_names", "eval_transform", "format_names", "load_image",
+    "open_dataset", "parse_data", "resolve_input_config", "train_transform",
 ]
 
 FASHION_MNIST = "fashion-mnist"
@@ -83,6 +84,26 @@ def class_names(source: DataSource, role: str = "train") -> list[str]:
     return names
 
 
+def format_names(names: list[str], limit: int = 10) -> str:
+    """A class list for messages: the first `limit` names, and how many there are in all when that is more."""
+    shown = ", ".join(names[:limit])
+    return f"[{shown}]" if len(names) <= limit else f"[{shown}, ... ({len(names)} in all)]"
+
+
+def check_classes(source: DataSource, role: str, expected: list[str], owner: str) -> None:
+    """Refuse a split whose class names, in label order, are not `expected` (the classes of `owner`).
+
+    A label is a position in the sorted list of class folders, so a split with other names would be scored
+    against the wrong labels without any error: {cat, dog} against {a_dog, b_cat} reports 0% instead of 100%.
+    """
+    found = class_names(source, role)
+    if found != expected:
+        split = source.splits[role]
+        where = f"{FASHION_MNIST} {split}" if source.kind == FASHION_MNIST else source.root / split
+        raise DataError(f"{where} has classes {format_names(found)} but {owner} has classes "
+                        f"{format_names(expected)}; labels follow the class (folder) names, so both need the same ones")
+
+
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB, or raise a DataError that names the file.
 
@@ -115,42 +136,51 @@ def _open_folder(source: DataSource, role: str, transform: Any) -> ImageFolder:
 def open_dataset(source: DataSource, role: str, transform: Any, limit: int | None = None) -> Dataset:
     """The "train" or "val" split of `source` with `transform`, optionally cut to `limit` samples.
 
+    Only that split has to exist (a folder for evaluation may hold just val/); `check_classes` compares classes.
     The cut takes a fixed random subset (seed 0), so it keeps the class balance and is the same every run.
     """
     if source.kind == FASHION_MNIST:
         dataset: Dataset = FashionMNIST(source.splits[role], root=source.root, transform=transform)
     else:
         dataset = _open_folder(source, role, transform)
-        train_classes = class_names(source, "train")
-        if dataset.classes != train_classes:
-            raise DataError(f"the {role} split has classes {dataset.classes} but training has {train_classes}; "
-                            "both splits need the same class folders")
     if limit is not None and limit < len(dataset):
         keep = np.sort(np.random.default_rng(0).permutation(len(dataset))[:limit])
         dataset = Subset(dataset, keep.tolist())
     return dataset
 
 
-def check_images(source: DataSource, role: str, rank: int = 0, world_size: int = 1) -> int:
-    """Decode every image of a folder split (this rank's share of them) and report all failures at once.
+def check_images(source: DataSource, roles: tuple[str, ...] = ("train", "val"), rank: int = 0,
+                 world_size: int = 1) -> int:
+    """Decode every image of the folder splits `roles` and report the failures of all of them at once.
+
+    Each rank decodes its share of the images; the failures are gathered, so every rank raises the whole list.
 
     Returns:
-        The number of images checked.
+        The number of images checked (by all ranks).
     """
     if source.kind == FASHION_MNIST:
         return 0
-    samples = _open_folder(source, role, transform=None).samples[rank::world_size]
-    bad = []
-    for path, _ in samples:
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, ValueError, SyntaxError) as e:
-            bad.append(f"{path} ({e})")
+    checked, bad = 0, []
+    for role in roles:
+        samples = _open_folder(source, role, transform=None).samples[rank::world_size]
+        checked += len(samples)
+        bad += [failure for path, _ in samples if (failure := _decode_failure(path)) is not None]
+    shares = all_gather_objects((checked, bad))
+    bad = sorted(failure for _, part in shares for failure in part)
     if bad:
         listing = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
         raise DataError(f"{len(bad)} image(s) cannot be decoded; delete or replace them:\n  {listing}")
-    return len(samples)
+    return sum(count for count, _ in shares)
+
+
+def _decode_failure(path: str) -> str | None:
+    """"PATH (reason)" if the image cannot be decoded, else None."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, ValueError, SyntaxError) as e:
+        return f"{path} ({e})"
+    return None
 
 
 def resolve_input_config(model: torch.nn.Module, source: DataSource,

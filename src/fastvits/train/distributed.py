@@ -7,16 +7,21 @@ so every helper here works in both cases and the rest of the package never check
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
+
+from .errors import TrainError
 
 __all__ = [
-    "DistInfo", "all_gather_objects", "all_reduce_sum", "barrier", "cleanup", "init_distributed", "share_cpus",
-    "world_size",
+    "DistInfo", "all_gather_objects", "all_reduce_sum", "barrier", "cleanup", "init_distributed", "kept_num_threads",
+    "share_cpus", "unused_parameters", "world_size",
 ]
 
 
@@ -50,7 +55,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu")
+        raise TrainError("--device cuda was given but PyTorch sees no CUDA device; use --device cpu (or auto)")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         target = torch.device("cuda", local_rank)
@@ -78,6 +83,45 @@ def share_cpus(world_size: int, workers: int | None = None, threads: int | None 
     threads = max(1, per_process - workers) if threads is None else threads
     torch.set_num_threads(threads)
     return workers, threads
+
+
+@contextlib.contextmanager
+def kept_num_threads() -> Iterator[None]:
+    """Give torch's thread count back afterwards (a context manager or a decorator): `share_cpus` sets it for a
+    command's CPU share, and a command run in-process (a notebook, a test, another tool) must not leave it changed
+    for the caller."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def unused_parameters(model: nn.Module, input_size: tuple[int, ...], device: torch.device) -> list[str]:
+    """Names of the trainable parameters that get no gradient from a training forward and backward pass.
+
+    Some models leave parameters out of the graph at some input sizes: FasterViT's carrier-token attention
+    (`hat_*`) when a stage holds a single window, e.g. stage 3 at 32x32 px. DDP then stops in the second step
+    unless it looks for unused parameters (`find_unused_parameters=True`), which costs a walk over the autograd
+    graph every step, so the trainer asks for it only when this probe finds some. The graph is fixed by the input
+    size (training crops all have one), not by the data, so one pass on random data of batch 2 (BatchNorm needs
+    more than one value per channel) answers it. It leaves the run untouched: the RNG streams are forked, buffers
+    such as BatchNorm statistics restored and the gradients cleared.
+
+    Args:
+        model: the bare model, on `device`.
+        input_size: (C, H, W) of one training image.
+    """
+    saved = [b.detach().clone() for b in model.buffers()]
+    with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+        model.train()
+        model(torch.randn(2, *input_size, device=device)).float().sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for buffer, value in zip(model.buffers(), saved, strict=True):
+            buffer.copy_(value)
+    return unused
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -3,6 +3,9 @@
 The data goes to a temporary file in the same folder, is flushed to disk, and then renamed over the target;
 a rename within one file system is atomic on POSIX and Windows. A process killed mid-write leaves only a
 `*.tmp-<pid>` file behind, which `remove_stale_temporaries` clears on the next start.
+
+Commands check their output locations first (`require_writable_folder`, `require_writable_file`), so a path that
+cannot be written fails at once with the flag named, not as a traceback after minutes of work.
 """
 
 from __future__ import annotations
@@ -11,12 +14,16 @@ import csv
 import io
 import json
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import TrainError
+
 __all__ = [
     "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "atomic_write_text", "remove_stale_temporaries",
+    "require_writable_file", "require_writable_folder",
 ]
 
 _TMP_MARK = ".tmp-"
@@ -53,6 +60,33 @@ def atomic_write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, out.getvalue())
+
+
+def require_writable_folder(folder: str | os.PathLike, flag: str) -> None:
+    """Create `folder` if needed and write (and delete) a file in it.
+
+    Raises:
+        TrainError: it cannot be created or written (a path under a file, a read-only or virtual file system).
+    """
+    _require_writable(Path(folder), f"{flag} {folder}")
+
+
+def require_writable_file(path: str | os.PathLike, flag: str) -> None:
+    """Check that the file `path` can be written (its folder is created if needed); see `require_writable_folder`."""
+    if Path(path).is_dir():
+        raise TrainError(f"{flag} {path} is a folder; give a file name in it")
+    _require_writable(Path(path).parent, f"{flag} {path}")
+
+
+def _require_writable(folder: Path, named: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file" if blocker is not None else e.strerror or str(e)
+        raise TrainError(f"{named}: cannot write files in {folder} ({reason}); choose a path you can write to") from e
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

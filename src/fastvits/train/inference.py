@@ -17,8 +17,8 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from .data import class_names, eval_transform, load_image, open_dataset, parse_data
-from .distributed import cleanup, init_distributed, share_cpus
+from .data import DataSource, check_classes, class_names, eval_transform, load_image, open_dataset, parse_data
+from .distributed import cleanup, init_distributed, kept_num_threads, share_cpus
 from .engine import evaluate
 from .errors import DataError
 from .modeling import ModelSpec, build_model, default_class_names, load_run
@@ -56,6 +56,7 @@ def load_for_inference(source: ModelSource, device: torch.device) -> tuple[nn.Mo
     return model.to(device).eval(), spec
 
 
+@kept_num_threads()
 def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val", batch_size: int = 256,
              workers: int | None = None, img_size: tuple[int, int] | None = None, limit: int | None = None,
              device: str = "auto", amp: str = "none", channels_last: bool = False,
@@ -71,10 +72,7 @@ def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val
     try:
         model, spec = load_for_inference(source, dist_info.device)
         data_source = parse_data(data, val_split=split)
-        classes = class_names(data_source, "val")
-        if len(classes) != spec.num_classes:
-            raise DataError(f"{data} has {len(classes)} classes but the model predicts {spec.num_classes}; "
-                            "validate on the dataset the model was trained for")
+        _check_labels(source, spec, data_source)
         config = _sized(spec.data_config, img_size)
         if channels_last:
             model.to(memory_format=torch.channels_last)
@@ -93,6 +91,18 @@ def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val
         }
     finally:
         cleanup()
+
+
+def _check_labels(source: ModelSource, spec: ModelSpec, data: DataSource) -> None:
+    """A run knows its class names, and the data must have the same ones (`check_classes`); a model named with
+    --model knows only the width of its classifier."""
+    if source.run is not None:
+        check_classes(data, "val", spec.class_names, f"the model in {source.run}")
+        return
+    classes = class_names(data, "val")
+    if len(classes) != spec.num_classes:
+        raise DataError(f"{data.name} has {len(classes)} classes but the model predicts {spec.num_classes}; "
+                        "validate on the dataset the model was trained for")
 
 
 def _sized(config: dict[str, Any], img_size: tuple[int, int] | None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ settings travel as keyword arguments (`--model-kwargs '{"dim": 32}'`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ def build_model(name: str, num_classes: int | None = None, checkpoint: str | Pat
             left freshly initialised, which is how fine-tuning to a new dataset starts.
         pretrained: download the model's default weights (needs the network).
         **kwargs: constructor arguments; None values are dropped by timm.
+
+    Raises:
+        TrainError: the name is unknown, or the constructor has no argument of a given name (a typo in
+            --model-kwargs, or a setting of another model family); other errors of the constructor are bugs.
     """
     try:
         model = timm.create_model(resolve_name(name), pretrained=pretrained, num_classes=num_classes, **kwargs)
@@ -66,6 +71,12 @@ def build_model(name: str, num_classes: int | None = None, checkpoint: str | Pat
         if "Unknown model" not in str(e):
             raise
         raise TrainError(f"unknown model {name!r}: use a timm or fastvits name (timm.list_models() lists them)") from e
+    except TypeError as e:
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        if unknown is None:
+            raise
+        raise TrainError(f"model {name} has no constructor argument {unknown.group(1)!r} ({e}); remove it from "
+                         "--model-kwargs or correct its name") from e
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model

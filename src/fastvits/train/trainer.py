@@ -3,7 +3,8 @@
 Files of a run folder (`--output`; only rank 0 writes):
     run.json                   model name/kwargs, classes, data config, recipe and options: rebuilds the model
     checkpoints/step-*.pt      training state for `--resume` (the newest `--keep-checkpoints` are kept)
-    model.safetensors          weights after the latest epoch (and model_ema.safetensors with EMA)
+    model.safetensors          weights after the latest epoch (and model_ema.safetensors with EMA), stamped with
+                               the global step of their checkpoint
     steps.csv                  loss and lr of every optimizer step
     metrics.csv, metrics.json  one row per epoch: train/eval loss, top-1/top-5, throughput
     loss.png, accuracy.png     the curves
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors
 import torch
 import torch.nn as nn
 from timm.data import Mixup
@@ -31,6 +33,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import save_safetensors
 from . import checkpoint as ckpt
 from .data import (
+    check_classes,
     check_images,
     class_names,
     eval_transform,
@@ -39,13 +42,22 @@ from .data import (
     resolve_input_config,
     train_transform,
 )
-from .distributed import DistInfo, all_gather_objects, cleanup, init_distributed, share_cpus
+from .distributed import (
+    DistInfo,
+    all_gather_objects,
+    cleanup,
+    init_distributed,
+    kept_num_threads,
+    share_cpus,
+    unused_parameters,
+)
 from .engine import StepResult, TrainParts, current_lr, evaluate, train_one_epoch
 from .errors import CheckpointError, DivergenceError, TrainError
-from .files import atomic_write_json, remove_stale_temporaries
+from .files import atomic_write_json, remove_stale_temporaries, require_writable_folder
 from .metrics import MetricsLog
 from .modeling import RUN_FILE, WEIGHTS, ModelSpec, build_model
 from .recipe import Recipe, scaled_lr
+from .resume import check_resume, run_record
 from .sampling import SeededDataset, ShardSampler, TrainSampler
 
 __all__ = ["AMP_DTYPES", "TrainOptions", "default_preset", "run_training"]
@@ -94,6 +106,7 @@ def default_preset(data: str) -> str:
     return "fashion-mnist" if parse_data(data).kind == "fashion-mnist" else "fastervit"
 
 
+@kept_num_threads()
 def run_training(opts: TrainOptions) -> dict[str, Any]:
     """Train as `opts` says (one process, or one rank of a `torchrun` job). Returns the last epoch's metrics."""
     dist_info = init_distributed(opts.device)
@@ -109,6 +122,16 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _exported_step(path: Path) -> int | None:
+    """The global step stamped in an exported weights file; None if it is missing, unreadable or not stamped."""
+    try:
+        with safetensors.safe_open(str(path), "pt") as f:
+            step = (f.metadata() or {}).get("global_step")
+    except (OSError, safetensors.SafetensorError):
+        return None
+    return int(step) if step is not None else None
+
+
 class _Trainer:
     """One training run; `__init__` builds everything, `run` loops over epochs."""
 
@@ -118,12 +141,17 @@ class _Trainer:
         self.source = parse_data(opts.data, opts.train_split, opts.val_split)
         self.out = opts.output or Path("runs") / f"{opts.model}-{self.source.name}"
         self.ckpt_dir = self.out / "checkpoints"
+        if dist_info.is_main:
+            require_writable_folder(self.out, "--output")
         self.resume_path = self._resume_path()
         self.amp_dtype = self._amp_dtype()
+        self.step_size = opts.batch_size * dist_info.world_size * opts.accum_steps
+        classes = class_names(self.source)
+        self.record = run_record(opts, classes)
+        resumed = self._resume_state()  # checked before anything is built, so a wrong resume fails fast
         self.workers, self.threads = share_cpus(dist_info.world_size, opts.workers, opts.threads)
         _seed_everything(opts.seed + dist_info.rank)  # before model init; ranks differ for drop path and mixup
 
-        classes = class_names(self.source)
         self.model = build_model(opts.model, num_classes=len(classes), checkpoint=opts.checkpoint,
                                  pretrained=opts.pretrained, drop_path_rate=self.recipe.drop_path,
                                  **opts.model_kwargs)
@@ -135,8 +163,8 @@ class _Trainer:
         self.parts = self._build_parts()
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
         self._rng_state: dict[str, Any] | None = None  # this rank's RNG streams from the checkpoint
-        if self.resume_path is not None:
-            self._load(self.resume_path)
+        if resumed is not None:
+            self._load(resumed)
         self.metrics = MetricsLog(self.out, self.dist.is_main, self.global_step if self.resume_path else None)
 
     # --- setup -------------------------------------------------------------------------------------------------
@@ -158,6 +186,14 @@ class _Trainer:
             raise CheckpointError(f"--resume: no checkpoint in {self.ckpt_dir}; is --output the run's folder?")
         return existing[-1]
 
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to continue from, if any, checked against this run (see `resume.check_resume`)."""
+        if self.resume_path is None:
+            return None
+        state = ckpt.load_checkpoint(self.resume_path)
+        check_resume(self.resume_path, state, self.record, self.step_size)
+        return state
+
     def _amp_dtype(self) -> torch.dtype | None:
         dtype = AMP_DTYPES[self.opts.amp]
         if dtype is torch.float16 and self.dist.device.type != "cuda":
@@ -177,13 +213,12 @@ class _Trainer:
     def _build_data(self) -> None:
         opts, dist_info = self.opts, self.dist
         if opts.check_data:
-            checked = sum(check_images(self.source, role, dist_info.rank, dist_info.world_size)
-                          for role in ("train", "val"))
-            self._say(f"--check-data: {checked} images decode fine (rank 0's share)")
+            checked = check_images(self.source, ("train", "val"), dist_info.rank, dist_info.world_size)
+            self._say(f"--check-data: all {checked} images decode fine")
+        check_classes(self.source, "val", self.spec.class_names, "the training split")
         train_set = open_dataset(self.source, "train", train_transform(self.data_config, self.recipe),
                                  opts.train_samples)
         val_set = open_dataset(self.source, "val", eval_transform(self.data_config), opts.val_samples)
-        self.step_size = opts.batch_size * dist_info.world_size * opts.accum_steps
         self.sampler = TrainSampler(len(train_set), self.step_size, dist_info.rank, dist_info.world_size, opts.seed)
         if self.sampler.steps_per_epoch == 0:
             raise TrainError(f"the training set has {len(train_set)} images, fewer than one optimizer step "
@@ -225,8 +260,7 @@ class _Trainer:
         ddp = None
         forward_model: nn.Module = model
         if self.dist.distributed:
-            device_ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
-            ddp = forward_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            ddp = forward_model = self._ddp(model)
         if opts.compile:
             forward_model = torch.compile(forward_model)
         return TrainParts(
@@ -237,10 +271,25 @@ class _Trainer:
             channels_last=opts.channels_last,
         )
 
+    def _ddp(self, model: nn.Module) -> nn.parallel.DistributedDataParallel:
+        """Wrap for several processes. DDP looks for parameters without a gradient, at the cost of a walk over the
+        graph every step, only when the model has some at the training input size (see `unused_parameters`)."""
+        input_size = self.data_config["input_size"]
+        unused = unused_parameters(model, input_size, self.dist.device)
+        if unused:
+            self._say(f"{len(unused)} parameter tensors get no gradient at input {input_size} (e.g. {unused[0]}), "
+                      "so DDP looks for unused parameters in every step")
+        device_ids = [self.dist.local_rank] if self.dist.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=bool(unused))
+
     # --- checkpoints -------------------------------------------------------------------------------------------
 
     def _save(self, epoch: int, step_in_epoch: int) -> None:
         """Write a training checkpoint (collective: every rank contributes its RNG state; rank 0 writes).
+
+        At an epoch end (`step_in_epoch` 0) the weights are exported first. A kill between the two writes then leaves
+        the previous checkpoint, and resuming trains the epoch again and rewrites both; in the other order a finished
+        run could be left without its weights, or with those of an earlier epoch.
 
         Raises:
             DivergenceError: an optimizer step made the weights non-finite (a finite loss does not rule that
@@ -251,6 +300,8 @@ class _Trainer:
         rng = all_gather_objects(ckpt.capture_rng())
         if not self.dist.is_main:
             return
+        if step_in_epoch == 0:
+            self._export_weights()
         parts = self.parts
         state = {
             "model": self.model.state_dict(),
@@ -261,25 +312,34 @@ class _Trainer:
             "rng": rng,
             "progress": {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": self.global_step,
                          "step_size": self.step_size, "world_size": self.dist.world_size},
-            "run": {"model": self.opts.model, "preset": self.opts.preset},
+            "run": self.record,
         }
         ckpt.save_checkpoint(ckpt.checkpoint_path(self.ckpt_dir, self.global_step), state)
         ckpt.prune_checkpoints(self.ckpt_dir, self.opts.keep_checkpoints)
 
-    def _load(self, path: Path) -> None:
-        state = ckpt.load_checkpoint(path)
-        progress = state["progress"]
-        if progress["step_size"] != self.step_size:
-            raise CheckpointError(
-                f"{path} was trained with {progress['step_size']} images per optimizer step; this run has "
-                f"{self.step_size} (batch x processes x accumulation). Resume with the same global batch."
-            )
-        parts = self.parts
+    def _export_weights(self) -> None:
+        """model.safetensors (and model_ema.safetensors), stamped with the global step of their checkpoint."""
+        metadata = {"global_step": str(self.global_step)}
+        save_safetensors(self.model.state_dict(), self.out / WEIGHTS["model"], metadata)
+        if self.parts.ema is not None:
+            save_safetensors(self.parts.ema.module.state_dict(), self.out / WEIGHTS["ema"], metadata)
+
+    def _refresh_weights(self) -> None:
+        """After a resume at an epoch end, make the exported weights those of the checkpoint (rank 0).
+
+        They can be missing (deleted, or `--resume FILE` of another folder's run), or be of another step (a kill
+        between the two writes of `_save`). This matters most for a finished run, which trains no further epoch.
+        """
+        files = [self.out / WEIGHTS["model"]] + ([self.out / WEIGHTS["ema"]] if self.parts.ema is not None else [])
+        if all(_exported_step(path) == self.global_step for path in files):
+            return
+        self._export_weights()
+        self._say(f"exported the weights of {self.resume_path} again: {files[0]} was missing or of another step")
+
+    def _load(self, state: dict[str, Any]) -> None:
+        path, progress, parts = self.resume_path, state["progress"], self.parts
         self.model.load_state_dict(state["model"])
         if parts.ema is not None:
-            if state["ema"] is None:
-                raise CheckpointError(f"{path} has no EMA weights; resume with the EMA setting of the run "
-                                      "(--ema-decay none)")
             parts.ema.module.load_state_dict(state["ema"])
         parts.optimizer.load_state_dict(state["optimizer"])
         parts.scheduler.load_state_dict(state["scheduler"])
@@ -329,11 +389,7 @@ class _Trainer:
             ema = evaluate(self.parts.ema.module, self.val_loader, desc=f"eval EMA {epoch}", **kwargs)
             row.update(ema_eval_loss=ema["loss"], ema_eval_top1=ema["top1"], ema_eval_top5=ema["top5"])
         self.metrics.log_epoch(row)
-        self._save(epoch + 1, 0)  # first: it refuses non-finite weights, which must not be exported either
-        if self.dist.is_main:
-            save_safetensors(self.model.state_dict(), self.out / WEIGHTS["model"])
-            if self.parts.ema is not None:
-                save_safetensors(self.parts.ema.module.state_dict(), self.out / WEIGHTS["ema"])
+        self._save(epoch + 1, 0)  # also exports the weights, unless they became non-finite
         ema_text = f", EMA top-1 {row['ema_eval_top1']:.2f}%" if self.parts.ema is not None else ""
         self._say(f"epoch {epoch + 1}/{self.total_epochs}: train loss {row['train_loss']:.4f}, "
                   f"eval loss {row['eval_loss']:.4f}, top-1 {row['eval_top1']:.2f}%, top-5 {row['eval_top5']:.2f}%"
@@ -342,9 +398,11 @@ class _Trainer:
 
     def run(self) -> dict[str, Any]:
         self._write_run_file()
+        if self.resume_path is not None and self.start_step == 0 and self.dist.is_main:
+            self._refresh_weights()
         self._say(f"training {self.opts.model} on {self.source.name} ({self.train_size} train / {self.val_size} "
                   f"eval images, {len(self.spec.class_names)} classes, input {self.data_config['input_size']}): "
-                  f"{self.total_epochs} epochs x {self.sampler.steps_per_epoch} steps, global batch "
+                  f"{self._epochs_text()} x {self.sampler.steps_per_epoch} steps, global batch "
                   f"{self.step_size}, lr {self.lr:.3g}, {self.dist.world_size} process(es) on {self.dist.device} "
                   f"({self.threads} compute thread(s) each); "
                   f"output in {self.out}")
@@ -367,6 +425,12 @@ class _Trainer:
         self._say(f"done: weights {self.out / WEIGHTS['model']}, metrics {self.out / 'metrics.csv'}, "
                   f"plots {self.out / 'accuracy.png'} and {self.out / 'loss.png'}")
         return {**row, "output": str(self.out)}
+
+    def _epochs_text(self) -> str:
+        """The number of epochs, cooldown included: `--epochs 2` of the fastervit preset trains 12."""
+        cooldown = self.recipe.cooldown_epochs
+        breakdown = f" ({self.recipe.epochs} + {cooldown} cooldown at the minimum lr)" if cooldown else ""
+        return f"{self.total_epochs} epochs{breakdown}"
 
     def _last_good(self) -> str:
         existing = ckpt.list_checkpoints(self.ckpt_dir)
