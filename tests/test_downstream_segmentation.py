@@ -2,6 +2,7 @@
 drawings, and the `fastvits segment` command on synthetic shapes and on the coins photo."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -111,28 +112,45 @@ def test_cli_train_eval_predict_on_shapes(shapes, tmp_path):
     assert mask.shape == (96, 96) and mask.max() <= 3
 
 
-def test_cli_on_coins_photo(tmp_path):
+def test_predict_gives_every_input_its_own_files(shapes, tmp_path):
+    """Equal stems from two folders, and an input named like another's mask file, each get their own files."""
+    run = _train(shapes, tmp_path, "semfpn", ["--val-masks", str(shapes / "masks")])
+    (tmp_path / "other").mkdir()
+    inputs = [
+        shapes / "images" / "00003.png",
+        shutil.copy(shapes / "images" / "00003.png", tmp_path / "other" / "00003.png"),
+        shutil.copy(shapes / "images" / "00004.png", tmp_path / "other" / "00003_mask.png"),
+    ]
+    out = tmp_path / "pred"
+    assert main(["segment", "predict", "--run", str(run), *map(str, inputs), "--output", str(out)]) == 0
+    records = json.loads((out / "predictions.json").read_text())
+    assert [(r["drawing"], r["mask"]) for r in records] == [
+        (str(out / "00003.png"), str(out / "00003_mask.png")),
+        (str(out / "00003_2.png"), str(out / "00003_2_mask.png")),
+        (str(out / "00003_mask_2.png"), str(out / "00003_mask_2_mask.png")),
+    ]
+    assert len(list(out.glob("*.png"))) == 6
+
+
+def test_masks_are_required(shapes, tmp_path, capsys):
+    coco = json.loads((shapes / "annotations.json").read_text())
+    coco["annotations"] = [{k: v for k, v in a.items() if k != "segmentation"} for a in coco["annotations"]]
+    (tmp_path / "boxes.json").write_text(json.dumps(coco))
+    argv = ["segment", "train", "--images", str(shapes / "images"), "--ann", str(tmp_path / "boxes.json")]
+    assert main([*argv, "--backbone", TINY.name, "--output", str(tmp_path / "run")]) == 2
+    assert "have no segmentation mask" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_cli_on_coins_photo(tmp_path, capsys):
     coins = make_coins_dataset(tmp_path / "coins")
     run = _train(coins, tmp_path, "upernet", ["--val-masks", str(coins / "masks")], TINY_LITV2)
     results = json.loads((run / "results.json").read_text())
     assert 0 <= results["mIoU"] <= 1 and set(results) >= {"IoU_background", "IoU_coin"}
     assert main(["segment", "predict", "--run", str(run), str(coins / "images" / "coins.png")]) == 0
     assert (run / "predictions" / "coins.png").is_file()
-    with pytest.raises(ValueError, match="trained on"):
-        main(
-            [
-                "segment",
-                "eval",
-                "--run",
-                str(run),
-                "--images",
-                str(tmp_path / "coins" / "images"),
-                "--masks",
-                str(coins / "masks"),
-                "--classes",
-                str(_write_classes(tmp_path, ["coin", "note"])),
-            ]
-        )
+    argv = ["segment", "eval", "--run", str(run), "--images", str(coins / "images"), "--masks", str(coins / "masks")]
+    assert main([*argv, "--classes", str(_write_classes(tmp_path, ["coin", "note"]))]) == 2
+    assert "classes ['coin', 'note'] differ from the model's ['coin']" in capsys.readouterr().err
 
 
 def _write_classes(tmp_path, names):

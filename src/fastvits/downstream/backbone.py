@@ -7,6 +7,7 @@ timm's own ResNet, ConvNeXt or Swin for comparison. The adapter reads everything
 
 from __future__ import annotations
 
+import difflib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from ..checkpoint import load_checkpoint
 from ..registry import resolve_name
+from .errors import DownstreamSettingsError, MissingFileError
 
 # The four stages every hierarchical backbone has; "stage k" below always means the level at STRIDES[k].
 STRIDES: tuple[int, ...] = (4, 8, 16, 32)
@@ -78,6 +80,21 @@ def _load_classification_weights(features: nn.Module, name: str, checkpoint: str
     features.load_state_dict(state)
 
 
+def _check_model_name(name: str) -> None:
+    """Refuses names timm does not know, suggesting near ones (timm's own error names no alternatives).
+
+    Names with a source prefix (`hf-hub:`, `local-dir:`) are left to timm, which resolves them.
+    """
+    if ":" in name or timm.is_model(name):
+        return
+    near = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    raise DownstreamSettingsError(
+        f"unknown backbone {name!r}{hint}; pass a FasterViT or LITv2 name (fastvits.list_models()) or any timm "
+        "model name (timm.list_models())"
+    )
+
+
 def create_feature_model(
     name: str, *, pretrained: bool = False, checkpoint: str | None = None, **kwargs: Any
 ) -> nn.Module:
@@ -87,11 +104,14 @@ def create_feature_model(
     families; official names (`faster_vit_0_224`) are mapped to ours first.
 
     Raises:
-        FileNotFoundError: `checkpoint` does not exist.
+        DownstreamSettingsError: Unknown model name.
+        MissingFileError: `checkpoint` does not exist.
+        fastvits.CheckpointError: The checkpoint does not fit the model.
     """
     name = resolve_name(name)
+    _check_model_name(name)
     if checkpoint is not None and not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"backbone checkpoint {checkpoint} not found; pass an existing .pth/.safetensors file")
+        raise MissingFileError(f"backbone checkpoint {checkpoint} not found; pass an existing .pth/.safetensors file")
     features = timm.create_model(name, pretrained=pretrained and checkpoint is None, features_only=True, **kwargs)
     if checkpoint is not None:
         _load_classification_weights(features, name, checkpoint, **kwargs)
@@ -125,7 +145,10 @@ def freeze_stages(model: nn.Module, stage_modules: Sequence[str], frozen_stages:
         The modules whose parameters are all frozen; they must stay in eval mode (dropout, drop-path, BN).
     """
     if not -1 <= frozen_stages <= len(stage_modules):
-        raise ValueError(f"frozen_stages={frozen_stages} must be in [-1, {len(stage_modules)}]")
+        raise DownstreamSettingsError(
+            f"frozen_stages={frozen_stages} must be in [-1, {len(stage_modules)}]: -1 none, 0 the stem, k the stem "
+            "and the first k stages"
+        )
     if frozen_stages < 0:
         return []
     params = list(model.parameters())
@@ -163,7 +186,7 @@ class FeatureBackbone(nn.Module):
         reductions = model.feature_info.reduction()
         missing = [s for s in (*STRIDES, *strides) if s not in reductions]
         if missing:
-            raise ValueError(
+            raise DownstreamSettingsError(
                 f"{type(model).__name__} gives features at strides {reductions}, not {missing}; "
                 "create it with out_indices covering strides 4, 8, 16 and 32"
             )

@@ -1,7 +1,9 @@
 """`fastvits detect|segment train|eval|predict` and `fastvits make-data shapes|coins`.
 
 `train` writes a run folder (see `engine`); `eval` and `predict` rebuild the model from that folder's
-`config.json`, so they need no model flags.
+`config.json`, so they need no model flags. Every check that does not need the model's output runs before
+anything is trained or written: the data and validation data, their classes and masks, the backbone, the
+output folder.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 from ..argtypes import json_object
 from .backbone import BackboneConfig
 from .detection import ARCHS, DetectorConfig, build_detector
+from .errors import DownstreamDataError, DownstreamSettingsError, MissingFileError
 from .schedule import TrainConfig
 from .segmentation import HEADS, SegmenterConfig, build_segmenter
 
@@ -29,6 +32,10 @@ if TYPE_CHECKING:
     from .data import AnnotatedImages
 
 TASKS = ("detect", "segment")
+SEGMENTATION_NEEDS_MASKS = (
+    "semantic segmentation learns and is scored from masks: give every annotation a 'segmentation', "
+    "or pass a mask folder (--masks)"
+)
 
 
 def _extra(module: str) -> ModuleType:
@@ -53,6 +60,37 @@ def _add_data_args(p: argparse.ArgumentParser, prefix: str = "", required: bool 
 def _open_data(args: argparse.Namespace, prefix: str = "") -> AnnotatedImages:
     images, ann, masks = (getattr(args, prefix + name) for name in ("images", "ann", "masks"))
     return _extra("data").open_annotated_images(images, ann, masks, args.classes)
+
+
+def _open_val_data(args: argparse.Namespace) -> AnnotatedImages | None:
+    """The validation data, opened before training so that its mistakes show at once rather than after the run."""
+    if args.val_images is None:
+        if args.val_ann or args.val_masks:
+            raise DownstreamSettingsError("--val-ann and --val-masks need --val-images, the validation image folder")
+        return None
+    return _open_data(args, "val_")
+
+
+def _check_train_data(source: AnnotatedImages, config: dict[str, Any]) -> None:
+    """Refuses training data the model cannot learn from; torchvision would fail only at the first step."""
+    if config["task"] == "segment":
+        source.require_masks(SEGMENTATION_NEEDS_MASKS)
+    elif config["detector"]["arch"] == "maskrcnn":
+        source.require_masks("Mask R-CNN learns from masks; use --arch fasterrcnn (or retinanet/fcos) for boxes only")
+
+
+def _check_eval_data(source: AnnotatedImages, config: dict[str, Any]) -> None:
+    """Refuses data that cannot score the model: other classes, or no masks to compare a segmentation with.
+
+    Detection data without masks is scored on boxes only, also for Mask R-CNN.
+    """
+    if source.classes != config["classes"]:
+        raise DownstreamDataError(
+            f"the data's classes {source.classes} differ from the model's {config['classes']}; pass data with the "
+            "model's classes in its order (COCO: category ids in id order; mask folders: classes.txt)"
+        )
+    if config["task"] == "segment":
+        source.require_masks(SEGMENTATION_NEEDS_MASKS)
 
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
@@ -101,6 +139,11 @@ def _add_train_parser(sub: argparse._SubParsersAction, task: str) -> None:
         kind = float if name in ("lr", "weight_decay", "clip_grad") else int
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     p.add_argument("--output", help=f"run folder (default runs/{task}/BACKBONE)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the previous run in the --output folder before training (default: refuse to train there)",
+    )
     _add_runtime_args(p)
     p.set_defaults(func=train_command, task=task)
 
@@ -162,18 +205,22 @@ def build_model(config: dict[str, Any], load_pretrained: bool = False) -> nn.Mod
 
 
 def _load_run(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
+    if not run_dir.is_dir():
+        raise MissingFileError(f"run folder {run_dir} not found; pass a folder written by `train` as --run")
     path = run_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass a folder written by `train` as --run")
-    config = json.loads(path.read_text())
+        raise MissingFileError(
+            f"{run_dir} has no config.json, which `train` writes when it finishes; pass the folder of a finished "
+            "run as --run"
+        )
+    config = _extra("data").read_json(path)
     return _extra("engine").load_weights(build_model(config), run_dir), config
 
 
 def _evaluate(
     model: nn.Module, config: dict[str, Any], source: AnnotatedImages, device: torch.device, max_images: int | None
 ) -> dict[str, float]:
-    if source.classes != config["classes"]:
-        raise ValueError(f"data has classes {source.classes} but the model was trained on {config['classes']}")
+    _check_eval_data(source, config)
     engine = _extra("engine")
     if config["task"] == "detect":
         return engine.evaluate_detection(model, source, device, max_images)
@@ -183,7 +230,7 @@ def _evaluate(
 def train_command(args: argparse.Namespace) -> int:
     device = _setup_runtime(args)
     torch.manual_seed(args.seed)
-    source = _open_data(args)
+    source, val_source = _open_data(args), _open_val_data(args)
     backbone = BackboneConfig(
         args.backbone, args.pretrained, args.checkpoint, args.frozen_stages, args.frozen_bn, args.backbone_kwargs
     )
@@ -209,9 +256,12 @@ def train_command(args: argparse.Namespace) -> int:
             None,
             engine.segmentation_losses,
         )
+    _check_train_data(source, config)
+    if val_source is not None:
+        _check_eval_data(val_source, config)
     model = build_model(config, load_pretrained=True)
     out_dir = Path(args.output or f"runs/{args.task}/{args.backbone}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    engine.prepare_run_dir(out_dir, args.overwrite)
     loader = DataLoader(
         dataset,
         train_cfg.batch_size,
@@ -226,8 +276,8 @@ def train_command(args: argparse.Namespace) -> int:
         steps=len(history), final_loss=history[-1], train_seconds=time.perf_counter() - start
     )
     engine.save_run(out_dir, model, config)
-    if args.val_images is not None:
-        results |= _evaluate(model, config, _open_data(args, "val_"), device, None)
+    if val_source is not None:
+        results |= _evaluate(model, config, val_source, device, None)
     engine.write_json(out_dir / "results.json", results)
     print(json.dumps(results, indent=2))
     return 0
@@ -243,23 +293,36 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def _expand_images(inputs: list[Path]) -> list[Path]:
-    paths = []
+    """The image files named by `inputs` or held in the folders they name, in the order given, each file once
+    (a file given twice, or given and inside a given folder, would otherwise be drawn twice).
+
+    Each file's header is read, so an undecodable file is refused before anything is written.
+    """
+    data = _extra("data")
+    suffixes = data.IMAGE_SUFFIXES
+    paths: dict[Path, Path] = {}  # resolved -> as given
     for item in inputs:
         if item.is_dir():
-            paths += sorted(p for p in item.iterdir() if p.suffix.lower() in _extra("data").IMAGE_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in suffixes)
+            if not found:
+                raise MissingFileError(f"folder {item} holds no {'/'.join(suffixes)} images; pass images or folders")
         elif item.is_file():
-            paths.append(item)
+            found = [item]
         else:
-            raise FileNotFoundError(f"input {item} not found; pass image files or folders of images")
-    return paths
+            raise MissingFileError(f"input {item} not found; pass image files or folders of images")
+        for path in found:
+            paths.setdefault(path.resolve(), path)
+    for path in paths.values():
+        data.image_size(path)
+    return list(paths.values())
 
 
 def predict_command(args: argparse.Namespace) -> int:
     device = _setup_runtime(args)
     model, config = _load_run(args.run)
+    paths, engine = _expand_images(args.inputs), _extra("engine")
     out_dir = args.output or args.run / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths, engine = _expand_images(args.inputs), _extra("engine")
     if config["task"] == "detect":
         records = engine.predict_detection(model, paths, out_dir, config["classes"], device, args.score_thresh)
     else:

@@ -8,6 +8,9 @@ Two on-disk formats are read, both into one labelling: label 0 is background and
 
 `make_shapes_dataset` renders rectangles, ellipses and triangles with exact masks; `make_coins_dataset`
 thresholds scikit-image's photo of 24 coins into instance masks. Both write both formats at once.
+
+User mistakes in either format (a missing key, an undecodable image, a mask of the wrong size, ...) raise the
+`fastvits.downstream.errors` types, whose messages name the file and the fix.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import io
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -32,10 +35,18 @@ from scipy import ndimage
 from skimage import data, filters, measure, morphology
 from torch.utils.data import Dataset
 
+from .errors import DownstreamDataError, DownstreamSettingsError, MissingFileError
 from .segmentation import IGNORE_INDEX
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SHAPE_CLASSES = ("rectangle", "ellipse", "triangle")
+# The keys every entry of a COCO instances file must have: the ones reading, training and evaluation use.
+# `iscrowd`, `area` and `segmentation` are optional (see `load_coco`).
+COCO_KEYS: dict[str, tuple[str, ...]] = dict(
+    images=("id", "file_name", "height", "width"),
+    annotations=("id", "image_id", "category_id", "bbox"),
+    categories=("id", "name"),
+)
 
 
 @dataclass
@@ -72,14 +83,120 @@ def read_classes(path: str | Path) -> list[str]:
     """Class names for labels 1..K, one per line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classes file {path} not found; write the class names for mask values 1..K there")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        raise MissingFileError(f"classes file {path} not found; write the class names for mask values 1..K there")
+    classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not classes:
+        raise DownstreamDataError(f"classes file {path} is empty; write the class names for mask values 1..K there")
+    return classes
+
+
+def read_json(path: Path) -> Any:
+    """Parses a JSON file; a syntax error names the file, line and column (json's message has only the last two)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DownstreamDataError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}; fix the file there"
+        ) from None
+    except UnicodeDecodeError:
+        raise DownstreamDataError(f"{path} is not a text file; pass a JSON file") from None
+
+
+@contextlib.contextmanager
+def open_image(path: Path) -> Iterator[Image.Image]:
+    """`PIL.Image.open` whose decoding errors, on opening or on reading the pixels, name the file and the fix."""
+    try:
+        with Image.open(path) as im:
+            yield im
+    except OSError as e:  # PIL.UnidentifiedImageError, truncated files, unreadable files
+        raise DownstreamDataError(f"cannot read image {path} ({e}); replace or remove the file") from None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file's header, without decoding the pixels."""
+    with open_image(path) as im:
+        return im.size[::-1]
 
 
 def load_rgb(path: Path) -> np.ndarray:
     """Reads an image as (H, W, 3) uint8."""
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return np.array(im.convert("RGB"))
+
+
+def _index(dataset: dict[str, Any]) -> COCO:
+    """A pycocotools index over an in-memory COCO dataset (pycocotools prints progress; it is silenced)."""
+    coco = COCO()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _check_coco_structure(dataset: Any, ann_file: Path) -> None:
+    """Checks the sections and keys in `COCO_KEYS`, unique ids, and at least one image: pycocotools checks
+    none of these, and its KeyErrors name neither the file nor the entry.
+    """
+    if not isinstance(dataset, dict):
+        raise DownstreamDataError(
+            f"{ann_file} holds a JSON {type(dataset).__name__}; a COCO annotation file is an object with "
+            f"{', '.join(map(repr, COCO_KEYS))} lists"
+        )
+    for section, keys in COCO_KEYS.items():
+        entries = dataset.get(section)
+        if not isinstance(entries, list):
+            raise DownstreamDataError(
+                f"{ann_file} has no {section!r} list; a COCO annotation file needs {', '.join(map(repr, COCO_KEYS))}"
+            )
+        for i, entry in enumerate(entries):
+            missing = [k for k in keys if not isinstance(entry, dict) or k not in entry]
+            if missing:
+                raise DownstreamDataError(
+                    f"{ann_file}: {section}[{i}] has no {', '.join(map(repr, missing))}; "
+                    f"every entry of {section!r} needs {', '.join(map(repr, keys))}"
+                )
+        ids = [entry["id"] for entry in entries]
+        if len(set(ids)) < len(ids):
+            repeated = sorted({i for i in ids if ids.count(i) > 1})
+            raise DownstreamDataError(f"{ann_file}: {section!r} repeats ids {repeated[:5]}; give each entry its own id")
+    if not dataset["images"]:
+        raise DownstreamDataError(
+            f"{ann_file} lists no images, so there is nothing to train on or evaluate; list them under 'images'"
+        )
+
+
+def _fill_defaults(coco: COCO) -> None:
+    """Gives annotations without them `iscrowd` 0 and `area`, which pycocotools' evaluation reads.
+
+    Hand-written box-only files often leave both out. `area` is COCO's definition: the mask's pixel count when
+    the annotation has a mask, else the box's w * h.
+    """
+    for ann in coco.anns.values():
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            has_mask = bool(ann.get("segmentation"))
+            ann["area"] = float(mask_utils.area(coco.annToRLE(ann)) if has_mask else ann["bbox"][2] * ann["bbox"][3])
+
+
+def load_coco(ann_file: Path) -> COCO:
+    """Reads and checks a COCO instances file, filling in optional keys.
+
+    Raises:
+        DownstreamDataError: Not JSON; a section, key or image missing; repeated ids; annotations that refer to
+            images or categories the file does not list.
+    """
+    dataset = read_json(ann_file)
+    _check_coco_structure(dataset, ann_file)
+    coco = _index(dataset)
+    for key, section, listed in (("image_id", "images", coco.imgs), ("category_id", "categories", coco.cats)):
+        unknown = sorted({a[key] for a in coco.anns.values()} - set(listed))
+        if unknown:
+            raise DownstreamDataError(
+                f"{ann_file}: annotations use {key.replace('_', ' ')}s {unknown[:5]} that {section!r} does not "
+                f"list; add them to {section!r} or drop those annotations"
+            )
+    _fill_defaults(coco)
+    return coco
 
 
 class AnnotatedImages(ABC):
@@ -111,6 +228,20 @@ class AnnotatedImages(ABC):
     @abstractmethod
     def category_id(self, label: int) -> int: ...
 
+    def missing_masks(self) -> str | None:
+        """Which instances have no mask, said for an error message; None when every instance has one."""
+        return None
+
+    def require_masks(self, fix: str) -> None:
+        """Refuses, with `fix` in the message, data where some instances have no mask.
+
+        Raises:
+            DownstreamDataError: `missing_masks` found some.
+        """
+        missing = self.missing_masks()
+        if missing:
+            raise DownstreamDataError(f"{missing}; {fix}")
+
     def load_image(self, index: int) -> np.ndarray:
         return load_rgb(self.image_path(index))
 
@@ -118,28 +249,24 @@ class AnnotatedImages(ABC):
 class CocoImages(AnnotatedImages):
     """A COCO-format annotation file and its image folder.
 
+    The file's structure is checked on opening (`load_coco`); each image's size is checked against the
+    `height` and `width` the file gives it when its annotations are loaded.
+
     Raises:
-        FileNotFoundError: Missing annotation file, image folder or images.
-        ValueError: An annotation uses a category id that is not in `categories`.
+        MissingFileError: Missing annotation file, image folder or images.
+        DownstreamDataError: A malformed annotation file (see `load_coco`).
     """
 
     def __init__(self, ann_file: str | Path, image_dir: str | Path) -> None:
-        ann_file, self.image_dir = Path(ann_file), Path(image_dir)
-        if not ann_file.is_file():
-            raise FileNotFoundError(f"annotation file {ann_file} not found; pass a COCO-format JSON with --ann")
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        if not self.ann_file.is_file():
+            raise MissingFileError(f"annotation file {self.ann_file} not found; pass a COCO-format JSON with --ann")
         if not self.image_dir.is_dir():
-            raise FileNotFoundError(f"image folder {self.image_dir} not found; pass the folder holding the images")
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress on load
-            self.coco = COCO(str(ann_file))
+            raise MissingFileError(f"image folder {self.image_dir} not found; pass the folder holding the images")
+        self.coco = load_coco(self.ann_file)
         self.category_ids = sorted(self.coco.getCatIds())
         self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
         self._labels = {c: i + 1 for i, c in enumerate(self.category_ids)}
-        unknown = sorted({a["category_id"] for a in self.coco.anns.values()} - set(self._labels))
-        if unknown:
-            raise ValueError(
-                f"{ann_file}: annotations use category ids {unknown} that 'categories' does not list; "
-                "add them to 'categories' or drop those annotations"
-            )
         self.ids = sorted(self.coco.getImgIds())
         missing = [
             self.coco.imgs[i]["file_name"]
@@ -147,8 +274,8 @@ class CocoImages(AnnotatedImages):
             if not (self.image_dir / self.coco.imgs[i]["file_name"]).is_file()
         ]
         if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(self.ids)} images listed in {ann_file} are missing from {self.image_dir} "
+            raise MissingFileError(
+                f"{len(missing)} of {len(self.ids)} images listed in {self.ann_file} are missing from {self.image_dir} "
                 f"(first: {missing[:3]}); check the image folder"
             )
 
@@ -167,28 +294,57 @@ class CocoImages(AnnotatedImages):
     def coco_gt(self) -> COCO:
         return self.coco
 
+    def missing_masks(self) -> str | None:
+        unmasked = sorted(a["id"] for a in self.coco.anns.values() if not a.get("segmentation"))
+        if not unmasked:
+            return None
+        return (
+            f"{len(unmasked)} of {len(self.coco.anns)} annotations in {self.ann_file} have no segmentation mask "
+            f"(first ids: {unmasked[:3]})"
+        )
+
+    def _checked_size(self, index: int) -> tuple[int, int]:
+        """The image's (height, width), checked against the file's: masks are decoded at the file's size."""
+        info, path = self.coco.imgs[self.ids[index]], self.image_path(index)
+        size = image_size(path)
+        if size != (info["height"], info["width"]):
+            raise DownstreamDataError(
+                f"{self.ann_file} gives image {info['file_name']} width {info['width']} and height "
+                f"{info['height']}, but {path} is {size[1]}x{size[0]}; correct 'width' and 'height' there"
+            )
+        return size
+
+    def _load_mask(self, ann: dict[str, Any], size: tuple[int, int]) -> np.ndarray:
+        """(H, W) mask of one annotation; annToMask decodes polygons, RLE and uncompressed RLE alike."""
+        mask = self.coco.annToMask(ann)
+        if mask.shape != size:
+            raise DownstreamDataError(
+                f"{self.ann_file}: the mask of annotation {ann['id']} is {mask.shape[1]}x{mask.shape[0]} but its "
+                f"image is {size[1]}x{size[0]}; correct the 'size' of its RLE 'segmentation'"
+            )
+        return mask
+
     def load_annotations(self, index: int) -> Annotations:
+        size = self._checked_size(index)
         anns = self.coco.loadAnns(self.coco.getAnnIds(imgIds=self.ids[index]))
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)], np.float32).reshape(-1, 4)
         labels = np.array([self._labels[a["category_id"]] for a in anns], np.int64)
-        iscrowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], bool)
+        iscrowd = np.array([bool(a["iscrowd"]) for a in anns], bool)
         masks = None
         if all(a.get("segmentation") for a in anns):
-            info = self.coco.imgs[self.ids[index]]
-            # annToMask decodes polygons, RLE and uncompressed RLE alike.
-            masks = np.zeros((len(anns), info["height"], info["width"]), np.uint8)
+            masks = np.zeros((len(anns), *size), np.uint8)
             for i, a in enumerate(anns):
-                masks[i] = self.coco.annToMask(a)
+                masks[i] = self._load_mask(a, size)
         return Annotations(boxes, labels, masks, iscrowd)
 
     def load_semantic(self, index: int) -> np.ndarray:
         ann = self.load_annotations(index)
         if ann.masks is None:
-            raise ValueError(
+            raise DownstreamDataError(
                 f"{self.image_path(index)} has box-only annotations; segmentation needs 'segmentation' masks"
             )
         if len(self.classes) >= IGNORE_INDEX:
-            raise ValueError(f"{len(self.classes)} categories do not fit 8-bit class masks (255 is ignore)")
+            raise DownstreamDataError(f"{len(self.classes)} categories do not fit 8-bit class masks (255 is ignore)")
         semantic = np.zeros(ann.masks.shape[1:], np.uint8)
         for i in np.argsort(-ann.masks.sum((1, 2))):  # large first, so small objects stay visible on top
             semantic[ann.masks[i] > 0] = IGNORE_INDEX if ann.iscrowd[i] else ann.labels[i]
@@ -204,20 +360,22 @@ class MaskFolderImages(AnnotatedImages):
         classes: Names of classes 1..K.
 
     Raises:
-        FileNotFoundError: Missing folders, no images, or an image without its mask.
+        MissingFileError: Missing folders, no images, or an image without its mask.
     """
 
     def __init__(self, image_dir: str | Path, mask_dir: str | Path, classes: Sequence[str]) -> None:
         self.image_dir, self.mask_dir, self.classes = Path(image_dir), Path(mask_dir), list(classes)
         for folder in (self.image_dir, self.mask_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(f"folder {folder} not found; pass --images and --masks folders")
+                raise MissingFileError(f"folder {folder} not found; pass --images and --masks folders")
         self.images = sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.images:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.image_dir}")
+            raise MissingFileError(
+                f"{self.image_dir} holds no {'/'.join(IMAGE_SUFFIXES)} images; pass the folder that holds them"
+            )
         missing = [p.name for p in self.images if not self._mask_path(p).is_file()]
         if missing:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{len(missing)} images in {self.image_dir} have no mask NAME.png in {self.mask_dir} "
                 f"(first: {missing[:3]}); add the masks or remove the images"
             )
@@ -241,24 +399,25 @@ class MaskFolderImages(AnnotatedImages):
         """Reads and checks one mask.
 
         Raises:
-            ValueError: The mask is not single-channel, its size differs from the image's, or it holds
+            DownstreamDataError: The mask is not single-channel, its size differs from the image's, or it holds
                 class ids outside 0..K and 255.
         """
         path = self._mask_path(self.images[index])
-        with Image.open(path) as im:
+        with open_image(path) as im:
             if im.mode not in ("L", "P"):
-                raise ValueError(f"mask {path} has mode {im.mode}; save class ids as a single-channel (L or P) PNG")
+                raise DownstreamDataError(
+                    f"mask {path} has mode {im.mode}; save class ids as a single-channel (L or P) PNG"
+                )
             mask = np.asarray(im)
-        with Image.open(self.images[index]) as im:
-            image_size = im.size[::-1]
-        if mask.shape != image_size:
-            raise ValueError(
+        size = image_size(self.images[index])
+        if mask.shape != size:
+            raise DownstreamDataError(
                 f"mask {path} is {mask.shape[1]}x{mask.shape[0]} but image {self.images[index]} is "
-                f"{image_size[1]}x{image_size[0]}; resize the mask with nearest-neighbour interpolation"
+                f"{size[1]}x{size[0]}; resize the mask with nearest-neighbour interpolation"
             )
         unknown = sorted(set(np.unique(mask).tolist()) - set(range(len(self.classes) + 1)) - {IGNORE_INDEX})
         if unknown:
-            raise ValueError(
+            raise DownstreamDataError(
                 f"mask {path} holds class ids {unknown}, but only {len(self.classes)} classes are named "
                 f"(ids 1..{len(self.classes)}, 0 background, 255 ignore); extend classes.txt or fix the mask"
             )
@@ -296,13 +455,8 @@ class MaskFolderImages(AnnotatedImages):
                         segmentation=encode_mask(mask),
                     )
                 )
-        coco = COCO()
-        coco.dataset = dict(
-            images=images, annotations=anns, categories=[dict(id=i + 1, name=n) for i, n in enumerate(self.classes)]
-        )
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco.createIndex()
-        return coco
+        categories = [dict(id=i + 1, name=n) for i, n in enumerate(self.classes)]
+        return _index(dict(images=images, annotations=anns, categories=categories))
 
     def coco_gt(self) -> COCO:
         return self._coco
@@ -317,10 +471,10 @@ def open_annotated_images(
     """Opens either format: `ann` for COCO, or `masks` (+ `classes`, default `classes.txt` beside `masks`).
 
     Raises:
-        ValueError: Neither or both of `ann` and `masks` given.
+        DownstreamSettingsError: Neither or both of `ann` and `masks` given.
     """
     if (ann is None) == (masks is None):
-        raise ValueError("give exactly one of a COCO annotation file (--ann) or a mask folder (--masks)")
+        raise DownstreamSettingsError("give exactly one of a COCO annotation file (--ann) or a mask folder (--masks)")
     if ann is not None:
         return CocoImages(ann, images)
     classes_file = Path(classes) if classes is not None else Path(masks).parent / "classes.txt"

@@ -13,10 +13,13 @@ from typing import Any
 from torch import nn
 from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from .backbone import STRIDES, BackboneConfig, BackboneWithFPN, build_backbone
+from .errors import DownstreamSettingsError
+from .segmentation import group_norm
 
 ARCHS: tuple[str, ...] = ("maskrcnn", "fasterrcnn", "retinanet", "fcos")
 TWO_STAGE: tuple[str, ...] = ("maskrcnn", "fasterrcnn")
@@ -30,7 +33,8 @@ class DetectorConfig:
         arch: One of `ARCHS`.
         num_classes: Number of classes including background (label 0), as torchvision counts them.
         fpn_channels: FPN width. The R-CNN box head (4x this) and mask head (this) scale with it, so the
-            default 256 gives torchvision's standard heads and small values give fast test models.
+            default 256 gives torchvision's standard heads and small values give fast test models. The FCOS
+            head's GroupNorm keeps 32 groups from 128 channels and at least 4 channels per group below.
         min_size: Shorter image side after the detector's internal resize.
         max_size: Cap on the longer side.
         detector_kwargs: Passed on to the torchvision class (score thresholds, sampling sizes, ...).
@@ -44,6 +48,19 @@ class DetectorConfig:
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+def _fcos_head(channels: int, num_classes: int) -> FCOSHead:
+    """torchvision's FCOS head with `group_norm` instead of its fixed GroupNorm(32, channels).
+
+    At 256 channels the two are the same. Narrower FPNs would get one channel per group, which normalises each
+    value of the 1x1 P7 map of a small image to 0 and fails at batch size 1 ("Expected more than 1 value per
+    channel"). `FCOSHead` takes no norm layer, so its two branches are replaced by ones that do.
+    """
+    head = FCOSHead(channels, 1, num_classes)
+    head.classification_head = FCOSClassificationHead(channels, 1, num_classes, norm_layer=group_norm)
+    head.regression_head = FCOSRegressionHead(channels, 1, norm_layer=group_norm)
+    return head
+
+
 def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Module:
     """Builds a torchvision detector on a multi-scale backbone with an FPN.
 
@@ -51,10 +68,10 @@ def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Modu
     RetinaNet and FCOS use P3-P5 plus P6/P7 computed from P5, as in their papers.
 
     Raises:
-        ValueError: Unknown `arch`.
+        DownstreamSettingsError: Unknown `arch`.
     """
     if cfg.arch not in ARCHS:
-        raise ValueError(f"unknown detector arch {cfg.arch!r}; choose one of {ARCHS}")
+        raise DownstreamSettingsError(f"unknown detector arch {cfg.arch!r}; choose one of {ARCHS}")
     c = cfg.fpn_channels
     two_stage = cfg.arch in TWO_STAGE
     strides = STRIDES if two_stage else STRIDES[1:]
@@ -67,7 +84,7 @@ def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Modu
     if cfg.arch == "retinanet":
         return RetinaNet(backbone, cfg.num_classes, **common)
     if cfg.arch == "fcos":
-        return FCOS(backbone, cfg.num_classes, **common)
+        return FCOS(backbone, cfg.num_classes, head=_fcos_head(c, cfg.num_classes), **common)
     # Heads sized from the FPN width; torchvision's defaults hard-code 256/1024 and would not match a narrow FPN.
     common.update(
         num_classes=None,

@@ -2,6 +2,9 @@
 
 A run folder holds `config.json` (everything needed to rebuild the model), `model.safetensors`,
 `log.csv` (one row per step), `summary.csv` (one row per epoch) and `results.json` (final metrics).
+The model and then `config.json` are written last, each atomically, so a folder with `config.json` holds a
+finished run and a run killed part-way has none. A new run never goes into a folder holding another run's
+files (`prepare_run_dir`), so its log cannot end up beside an older model.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ import contextlib
 import csv
 import io
 import json
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ from .data import (
     resize_short_side,
     to_tensor,
 )
+from .errors import MissingFileError, RunExistsError
 from .schedule import TrainConfig, lr_factor
 from .segmentation import IGNORE_INDEX
 from .visualize import draw_detections, draw_segmentation
@@ -56,6 +62,35 @@ COCO_STATS = (
     "mAR_l",
 )
 LossFn = Callable[[nn.Module, Any, torch.device], dict[str, torch.Tensor]]
+# What a run folder can hold: `train`'s files, and `eval`'s and `predict`'s default outputs.
+RUN_FILES = ("config.json", "model.safetensors", "log.csv", "summary.csv", "results.json", "eval.json", "predictions")
+
+
+def prepare_run_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Creates `out_dir` for a new run, refusing one that holds another run's files unless `overwrite`.
+
+    Training into an old run's folder would put the new log beside the old model (and old metrics and
+    predictions) until the end, so `overwrite` deletes the old run's files first: only `RUN_FILES`, other
+    files in the folder are the user's and stay.
+
+    Raises:
+        RunExistsError: `out_dir` holds some of `RUN_FILES` and `overwrite` is False, or is a file.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunExistsError(f"--output {out_dir} is a file; pass a folder for the run")
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise RunExistsError(
+            f"{out_dir} already holds a run ({', '.join(found)}); pass --output NEW_FOLDER to keep it, "
+            "or --overwrite to delete it and train anew"
+        )
+    for name in found:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 class CsvLog:
@@ -74,8 +109,23 @@ class CsvLog:
             writer.writerow(row)
 
 
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path` that replaces `path` once the block has written it, so readers (and a
+    process killed mid-write) see the old file or the whole new one, never part of one.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2) + "\n")
+    """Writes `obj` as indented JSON, atomically."""
+    with _replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def detection_losses(model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
@@ -203,7 +253,7 @@ def evaluate_detection(
         mask_results += masks
         has_masks = "masks" in output
     metrics = coco_metrics(source, box_results, "bbox", image_ids)
-    if has_masks:
+    if has_masks and source.missing_masks() is None:  # box-only ground truth has no masks to score against
         metrics |= coco_metrics(source, mask_results, "segm", image_ids)
     return metrics
 
@@ -238,6 +288,25 @@ def evaluate_segmentation(
     }
 
 
+def output_names(paths: Sequence[Path], suffixes: Sequence[str] = ("",)) -> list[str]:
+    """A distinct output name per input: its stem, or `stem_2`, `stem_3`, ... when another input has taken it.
+
+    Inputs from different folders often share a stem (`val/00000.png`, `train/00000.png`). Each input writes
+    `NAME + suffix + ".png"` for every suffix, and no file may be written by two inputs, so a name is free only
+    when all its files are. Names are compared case-insensitively, as macOS and Windows file systems do.
+    """
+    taken: set[str] = set()
+    names = []
+    for path in paths:
+        name, k = path.stem, 1
+        while any((name + s).casefold() in taken for s in suffixes):
+            k += 1
+            name = f"{path.stem}_{k}"
+        taken.update((name + s).casefold() for s in suffixes)
+        names.append(name)
+    return names
+
+
 @torch.no_grad()
 def predict_detection(
     model: nn.Module,
@@ -247,10 +316,12 @@ def predict_detection(
     device: torch.device,
     score_thresh: float = 0.5,
 ) -> list[dict[str, Any]]:
-    """Detects objects in each image, draws them to `out_dir/NAME.png` and returns the kept detections."""
+    """Detects objects in each image, draws them to `out_dir/NAME.png` (`output_names`) and returns the kept
+    detections.
+    """
     model.to(device).eval()
     records = []
-    for path in tqdm(paths, desc="predict", dynamic_ncols=True):
+    for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths)):
         image = load_rgb(path)
         (output,) = model([to_tensor(image).to(device)])
         keep = output["scores"] >= score_thresh
@@ -262,7 +333,7 @@ def predict_detection(
             out["labels"].numpy(),
             out["scores"].numpy(),
             classes,
-            out_dir / f"{path.stem}.png",
+            out_dir / f"{name}.png",
             masks,
         )
         records.append(
@@ -281,22 +352,23 @@ def predict_detection(
 def predict_segmentation(
     model: nn.Module, paths: Sequence[Path], out_dir: Path, classes: Sequence[str], size: int, device: torch.device
 ) -> list[dict[str, Any]]:
-    """Segments each image; writes the class-id mask `NAME_mask.png` and the overlay `NAME.png`."""
+    """Segments each image; writes the class-id mask `NAME_mask.png` and the overlay `NAME.png` (`output_names`)."""
     model.to(device).eval()
     records = []
-    for path in tqdm(paths, desc="predict", dynamic_ncols=True):
+    for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths, ("", "_mask"))):
         image = load_rgb(path)
         x = resize_short_side(to_tensor(image), size, "bilinear")
         logits = F.interpolate(model(x[None].to(device)), size=image.shape[:2], mode="bilinear", align_corners=False)
         prediction = logits.argmax(1)[0].cpu().numpy().astype(np.uint8)
-        Image.fromarray(prediction).save(out_dir / f"{path.stem}_mask.png")
-        png = draw_segmentation(image, prediction, classes, out_dir / f"{path.stem}.png")
+        mask_png = out_dir / f"{name}_mask.png"
+        Image.fromarray(prediction).save(mask_png)
+        png = draw_segmentation(image, prediction, classes, out_dir / f"{name}.png")
         counts = np.bincount(prediction.ravel(), minlength=len(classes) + 1)
         records.append(
             dict(
                 image=str(path),
                 drawing=str(png),
-                mask=str(out_dir / f"{path.stem}_mask.png"),
+                mask=str(mask_png),
                 pixels={n: int(c) for n, c in zip(["background", *classes], counts)},
             )
         )
@@ -304,8 +376,9 @@ def predict_segmentation(
 
 
 def save_run(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> None:
-    """Saves weights as safetensors and the config that rebuilds the model."""
-    save_model(model, str(out_dir / "model.safetensors"))
+    """Saves weights as safetensors, then the config that rebuilds the model and marks the run finished."""
+    with _replacing(out_dir / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
     write_json(out_dir / "config.json", config)
 
 
@@ -313,6 +386,6 @@ def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     """Loads `run_dir/model.safetensors` into a model rebuilt from the run's config."""
     path = run_dir / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass a folder written by `train` as --run")
+        raise MissingFileError(f"{path} not found; pass a folder written by `train` as --run")
     load_model(model, str(path))
     return model

@@ -19,21 +19,27 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from .backbone import BackboneConfig, FeatureBackbone, build_backbone
+from .errors import DownstreamSettingsError
 
 HEADS: tuple[str, ...] = ("semfpn", "upernet")
 IGNORE_INDEX = 255
 
 
-def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
-    """Conv + GroupNorm + ReLU, the unit both heads are made of.
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with 32 groups where there are 128+ channels, fewer so that each group keeps at least 4 channels.
 
-    The group count keeps at least 4 channels per group (32 groups at 128+ channels), so narrow test heads
-    still normalise over more than one value.
+    With one channel per group (GroupNorm(32, 32)) a group of a 1x1 map is a single value, which GroupNorm
+    normalises to 0 and refuses outright at batch size 1; narrow heads and the coarsest pyramid levels of small
+    images meet exactly that. Used by the segmentation heads and the FCOS head.
     """
-    groups = math.gcd(32, max(out_channels // 4, 1))
+    return nn.GroupNorm(math.gcd(32, max(channels // 4, 1)), channels)
+
+
+def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """Conv + GroupNorm + ReLU, the unit both heads are made of."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.GroupNorm(groups, out_channels),
+        group_norm(out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -165,10 +171,10 @@ def build_segmenter(cfg: SegmenterConfig, backbone_cfg: BackboneConfig) -> Segme
     """Builds a `Segmenter` from its configs.
 
     Raises:
-        ValueError: Unknown `head`.
+        DownstreamSettingsError: Unknown `head`.
     """
     if cfg.head not in HEADS:
-        raise ValueError(f"unknown segmentation head {cfg.head!r}; choose one of {HEADS}")
+        raise DownstreamSettingsError(f"unknown segmentation head {cfg.head!r}; choose one of {HEADS}")
     backbone = build_backbone(backbone_cfg)
     head_cls = SemanticFPNHead if cfg.head == "semfpn" else UPerNetHead
     return Segmenter(backbone, head_cls(backbone.channels, cfg.num_classes, cfg.channels))
