@@ -202,3 +202,14 @@ def test_non_strict_load_still_refuses_mis_shaped_tensors(tmp_path, official_sd)
 def test_folder_instead_of_file(tmp_path):
     with pytest.raises(fastvits.CheckpointError, match="is a folder; pass the weights file inside it"):
         fastvits.load_checkpoint(fastvits.create_model("fastervit_0_224"), tmp_path)
+
+
+def test_fit_classifier_loads_a_fine_tuned_head(tmp_path):
+    tuned = small_model("litv2_s", num_classes=7)
+    path = tmp_path / "tuned.safetensors"
+    fastvits.save_safetensors(tuned.state_dict(), path)
+    model = fastvits.load_checkpoint(small_model("litv2_s"), path, fit_classifier=True)
+    assert model.num_classes == 7
+    torch.testing.assert_close(model.head.weight, tuned.head.weight, atol=0, rtol=0)
+    kept = fastvits.load_checkpoint(small_model("litv2_s"), path)  # default: the model's own head (fine-tuning)
+    assert kept.num_classes == 1000

@@ -79,6 +79,35 @@ def test_validate_and_predict_from_the_run(trained_run, tmp_path, capsys):
     assert "0.png (24x20) cannot be fed at its own size" in capsys.readouterr().err
 
 
+def test_predict_with_a_named_model_takes_the_checkpoint_whole(trained_run, tmp_path, capsys):
+    """`--model NAME --checkpoint FILE` of a 3-class fine-tune predicts with its 3-class head, not a random
+    1000-class one; a contradicting --num-classes, a size the model cannot take and no weights at all are said."""
+    data, out = trained_run
+    image = str(data / "val" / "class_0" / "0.png")
+    named = ["--model", "fastervit_0_any_res", "--model-kwargs", json.dumps(TINY_FASTERVIT_KWARGS)]
+    weights = ["--checkpoint", str(out / "model.safetensors")]
+    result = tmp_path / "p.json"
+    assert main(["predict", image, *named, *weights, "--img-size", "32", "--results-file", str(result)]) == 0
+    top = json.loads(result.read_text())[0]["top"]
+    assert len(top) == 3 and {t["index"] for t in top} == {0, 1, 2}
+    with_run = tmp_path / "r.json"
+    assert main(["predict", image, "--run", str(out), "--img-size", "32", "--results-file", str(with_run)]) == 0
+    assert [t["probability"] for t in json.loads(with_run.read_text())[0]["top"]] == [t["probability"] for t in top]
+    capsys.readouterr()
+    assert main(["predict", image, *named, *weights, "--num-classes", "5"]) == 2
+    assert "--num-classes 5, but the classifier in" in capsys.readouterr().err
+    assert main(["predict", image, *named, *weights, "--img-size", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "0.png (24x20) cannot be fed at 16x16 (H x W)" in err and "--img-size" in err
+    assert len(err.splitlines()) == 1
+    assert main(["predict", image, *named, "--img-size", "32"]) == 0
+    assert "no --checkpoint: fastervit_0_any_res runs on its initial (random) weights" in capsys.readouterr().err
+    for option in (["--topk", "0"], ["--num-classes", "0"]):
+        with pytest.raises(SystemExit):
+            main(["predict", image, *named, *option])
+        assert "is not a positive integer" in capsys.readouterr().err
+
+
 def test_validate_refuses_a_dataset_with_other_classes(trained_run, tmp_path, capsys):
     """Labels are positions in the class list: other class names, even as many, would be scored as wrong."""
     data, out = trained_run

@@ -243,11 +243,34 @@ def convert_state_dict(sd: StateDict, model: nn.Module, strict: bool = True) -> 
     return sd
 
 
+def _fit_classifier(sd: StateDict, model: nn.Module) -> None:
+    """Give `model` (timm's `reset_classifier`) a classifier as wide as the checkpoint's."""
+    for name in _classifier_names(model):
+        weight = sd.get(f"{name}.weight")
+        if weight is not None and weight.dim() == 2 and weight.shape[0] != getattr(model, "num_classes", None):
+            _logger.info("classifier %s resized to the checkpoint's %d classes", name, weight.shape[0])
+            model.reset_classifier(weight.shape[0])
+            return
+
+
 def load_checkpoint(
-    model: nn.Module, path: str | os.PathLike, *, strict: bool = True, use_ema: bool = False
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    strict: bool = True,
+    use_ema: bool = False,
+    fit_classifier: bool = False,
 ) -> nn.Module:
-    """Load official or fastvits weights into `model` strictly (see module docstring); returns the model."""
-    sd = convert_state_dict(read_state_dict(path, use_ema), model, strict)
+    """Load official or fastvits weights into `model` strictly (see module docstring); returns the model.
+
+    `fit_classifier=True` first resizes the model's classifier to the checkpoint's number of classes, so a
+    fine-tuned checkpoint loads whole into a model built with the default `num_classes` (for inference); by default a
+    classifier of another width is left out and the model's own is kept (for fine-tuning).
+    """
+    sd = read_state_dict(path, use_ema)
+    if fit_classifier:
+        _fit_classifier(sd, model)
+    sd = convert_state_dict(sd, model, strict)
     model.load_state_dict(sd, strict=False)
     return model
 

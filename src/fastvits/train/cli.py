@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import json_object
+from ..argtypes import json_object, positive_int
 from .errors import TrainError
 from .files import atomic_write_csv, atomic_write_json, require_writable_file
 from .inference import ModelSource, predict, validate
@@ -69,7 +69,7 @@ def _size(values: list[int] | None) -> tuple[int, int] | None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--img-size", type=int, nargs="+", metavar="N",
+    parser.add_argument("--img-size", type=positive_int, nargs="+", metavar="N",
                         help="input size: SIZE or HEIGHT WIDTH (default: the model's data config)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: GPU if any")
 
@@ -80,7 +80,7 @@ def _add_model_source(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ema", action="store_true", help="with --run: use the EMA weights")
     group.add_argument("--model", help="timm or fastvits model name")
     group.add_argument("--checkpoint", help="with --model: weights file (.safetensors, official .pth/.pth.tar)")
-    group.add_argument("--num-classes", type=int, help="with --model: classifier width (default: the model's)")
+    group.add_argument("--num-classes", type=positive_int, help="with --model: classifier width (default: the model's)")
     group.add_argument("--model-kwargs", type=json_object, default={}, help="with --model: constructor arguments")
 
 
@@ -200,7 +200,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict_p = subparsers.add_parser("predict", help="top-k classes with probabilities for image files")
     predict_p.add_argument("images", nargs="+", metavar="IMAGE")
     _add_model_source(predict_p)
-    predict_p.add_argument("--topk", type=int, default=5)
+    predict_p.add_argument("--topk", type=positive_int, default=5)
     predict_p.add_argument("--native-size", action="store_true",
                          help="keep each image's own size (any-resolution models) instead of resize and crop")
     predict_p.add_argument("--results-file", help="also write the predictions as JSON")

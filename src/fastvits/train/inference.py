@@ -7,6 +7,7 @@ official FasterViT checkpoint with its 1000 ImageNet classes.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from ..checkpoint import load_checkpoint
 from .data import DataSource, check_classes, class_names, eval_transform, load_image, open_dataset, parse_data
 from .distributed import cleanup, init_distributed, kept_num_threads, share_cpus
 from .engine import evaluate
-from .errors import DataError
+from .errors import DataError, TrainError
 from .modeling import ModelSpec, build_model, default_class_names, load_run
 from .sampling import ShardSampler
 from .trainer import AMP_DTYPES
@@ -45,8 +47,8 @@ def load_for_inference(source: ModelSource, device: torch.device) -> tuple[nn.Mo
     if source.run is not None:
         model, spec = load_run(source.run, "ema" if source.ema else "model")
     elif source.model is not None:
-        model = build_model(source.model, num_classes=source.num_classes, checkpoint=source.checkpoint,
-                            **source.model_kwargs)
+        model = build_model(source.model, num_classes=source.num_classes, **source.model_kwargs)
+        _load_weights(model, source)
         spec = ModelSpec(name=source.model, num_classes=model.num_classes,
                          class_names=default_class_names(model.num_classes), kwargs=source.model_kwargs,
                          data_config=resolve_data_config(model=model))
@@ -54,6 +56,19 @@ def load_for_inference(source: ModelSource, device: torch.device) -> tuple[nn.Mo
         raise ValueError("name the model: --run RUN_FOLDER, or --model NAME [--checkpoint FILE]")
     spec.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.data_config.items()}
     return model.to(device).eval(), spec
+
+
+def _load_weights(model: nn.Module, source: ModelSource) -> None:
+    """`--checkpoint` whole, classifier included: a classifier of other width than the model's would otherwise be
+    left out, and a random one would make the predictions. Without a checkpoint the weights are the model's
+    initialisation (random, unless --model-kwargs asks for pretrained ones), which is said."""
+    if source.checkpoint is None:
+        print(f"note: no --checkpoint: {source.model} runs on its initial (random) weights", file=sys.stderr)
+        return
+    load_checkpoint(model, source.checkpoint, fit_classifier=True)
+    if source.num_classes is not None and model.num_classes != source.num_classes:
+        raise TrainError(f"--num-classes {source.num_classes}, but the classifier in {source.checkpoint} has "
+                         f"{model.num_classes} classes; drop --num-classes (the checkpoint sets it)")
 
 
 @kept_num_threads()
@@ -141,10 +156,10 @@ def predict(source: ModelSource, images: list[str], topk: int = 5, native_size: 
         try:
             logits = model(x)
         except (ValueError, RuntimeError) as e:  # models reject sizes they cannot take, in their own words
-            if not native_size:
-                raise
-            raise DataError(f"{path} ({image.size[0]}x{image.size[1]}) cannot be fed at its own size: {e} "
-                            "Drop --native-size to resize it to the model's input size.") from e
+            where = "at its own size" if native_size else f"at {x.shape[-2]}x{x.shape[-1]} (H x W)"
+            fix = ("Drop --native-size to resize it to the model's input size." if native_size else
+                   "Pass another --img-size, or none for the model's own input size.")
+            raise DataError(f"{path} ({image.size[0]}x{image.size[1]}) cannot be fed {where}: {e} {fix}") from e
         probs = logits.float().softmax(dim=1)[0]
         values, indices = probs.topk(k)
         results.append({
