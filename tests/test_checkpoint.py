@@ -139,13 +139,15 @@ def test_cache_dropped_when_weights_change(tmp_path):
 
 @pytest.mark.parametrize("name", ["fastervit_0_224", "litv2_s"])
 @pytest.mark.parametrize("in_chans", [1, 4])
-def test_timm_in_chans_adapts_the_input_conv(tmp_path, name, in_chans):
+def test_timm_in_chans_adapts_the_input_conv(tmp_path, name, in_chans, caplog):
     """`timm.create_model(..., pretrained=True, in_chans=N)`: the 3-channel input conv is adapted as timm does for its
-    own weights (summed for one channel), everything else loads exactly."""
+    own weights (summed for one channel), everything else loads exactly; `load_checkpoint` adapts the same way."""
     source = small_model(name)
     path = tmp_path / "weights.safetensors"
     fastvits.save_safetensors(source.state_dict(), path)
-    model = small_model(name, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=dict(file=str(path)))
+    with caplog.at_level("WARNING"):
+        model = small_model(name, pretrained=True, in_chans=in_chans, pretrained_cfg_overlay=dict(file=str(path)))
+    assert caplog.text == ""  # timm adapts the conv after our filter: nothing to warn about
     conv = model.pretrained_cfg["first_conv"] + ".weight"
     adapted, original = model.state_dict()[conv], source.state_dict()[conv]
     assert adapted.shape[1] == in_chans
@@ -154,6 +156,8 @@ def test_timm_in_chans_adapts_the_input_conv(tmp_path, name, in_chans):
     torch.testing.assert_close(model.head.weight, source.head.weight, atol=0, rtol=0)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, in_chans, 64, 64)).isfinite().all()
+    ours = fastvits.load_checkpoint(small_model(name, in_chans=in_chans), path)
+    torch.testing.assert_close(ours.state_dict()[conv], adapted, atol=0, rtol=0)
 
 
 def test_headless_checkpoint_warns(tmp_path, fv0, caplog):

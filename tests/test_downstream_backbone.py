@@ -97,6 +97,17 @@ def test_classification_checkpoint_initialises_backbone(key, suffix, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(backbone(x), expected))
 
 
+def test_headless_checkpoint_initialises_backbone_without_warning(tmp_path, caplog):
+    """A backbone has no classifier, so a checkpoint without one is complete for it."""
+    name, kwargs = BACKBONES["fastervit"]
+    body = {k: v for k, v in timm.create_model(name, **kwargs).state_dict().items() if not k.startswith("head.")}
+    path = tmp_path / "body.safetensors"
+    fastvits.save_safetensors(body, path)
+    with caplog.at_level("WARNING"):
+        build_backbone(BackboneConfig(name, checkpoint=str(path), kwargs=kwargs))
+    assert "classifier" not in caplog.text
+
+
 def test_official_fastervit_checkpoint_features_match_official_code(tmp_path):
     """Backbone features from an official-layout checkpoint equal the official implementation's.
 

@@ -366,6 +366,11 @@ MISTAKES = {
         "train --images {images} --ann {ann} --backbone fastervit_0_anyres",
         r"unknown backbone 'fastervit_0_anyres' \(did you mean fastervit_0_any_res",
     ),
+    "unknown backbone argument": (
+        "train --images {images} --ann {ann} --backbone resnet10t --backbone-kwargs {{\"dimm\":3}}",
+        "backbone resnet10t has no constructor argument 'dimm'; remove it from --backbone-kwargs",
+    ),
+    "cuda without a GPU": ("train --images {images} --ann {ann} --backbone resnet10t --device cuda", "no CUDA device"),
     "wrong-variant checkpoint": (
         "train --images {images} --ann {ann} --backbone resnet10t --checkpoint {bad}/resnet18.safetensors",
         "does not fit|another variant",
@@ -373,8 +378,17 @@ MISTAKES = {
 }
 
 
+@pytest.mark.parametrize("option", ["--fpn-channels 0", "--batch-size 0", "--epochs 0", "--workers -1"])
+def test_counts_are_checked_by_the_parser(option, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["detect", "train", "--images", "x", "--backbone", "resnet10t", *option.split()])
+    assert e.value.code == 2 and "is not a" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("mistake", MISTAKES)
 def test_user_mistakes_end_in_one_line_errors(mistake, run, shapes, bad, tmp_path, capsys):
+    if mistake == "cuda without a GPU" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
     command, message = MISTAKES[mistake]
     paths = dict(run=run, images=shapes / "images", ann=shapes / "annotations.json", masks=shapes / "masks", bad=bad)
     argv = ["detect", *command.format(**paths).split(), "--output", str(tmp_path / "out")]

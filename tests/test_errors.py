@@ -84,3 +84,14 @@ def test_no_pooling_needs_no_classifier(name):
     model.reset_classifier(10, "avg")
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_window_sizes_are_checked():
+    with pytest.raises(ValueError, match="HAT: window_size and ct_size must be at least 1, got 0 and 2"):
+        small_model("fastervit_0_224", window_size=[7, 7, 0, 7])
+    with pytest.raises(ValueError, match="window_size and ct_size must be at least 1, got -1"):
+        fastvits.layers.create_attention2d("hat", 32, 2, window_size=-1)
+    with pytest.raises(ValueError, match="window_size must be at least 1, got 0"):
+        fastvits.layers.create_attention2d("window", 48, 4, window_size=0)
+    one_side = small_model("fastervit_0_224", window_size=4)  # one side for every stage
+    assert [stage.blocks[0].window_size for stage in one_side.levels[2:]] == [4, 4]

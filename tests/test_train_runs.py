@@ -221,6 +221,34 @@ def test_resume_accepts_changed_settings_that_keep_the_result(finished_run, tmp_
                  "--eval-batch-size", "1", "--check-data", "--device", "cpu"]) == 0
 
 
+def test_resume_accepts_the_same_data_and_weights_under_another_spelling(tmp_path, monkeypatch):
+    """Paths are compared as the files they name: a resume from another working directory, or with an absolute
+    path where the run had a relative one, continues the run."""
+    make_image_folder(tmp_path / "data", classes=2, train=4, val=1)
+    weights = tmp_path / "init.safetensors"
+    fastvits.save_safetensors(timm.create_model("test_vit", num_classes=2).state_dict(), weights)
+    monkeypatch.chdir(tmp_path)
+    run = ["--checkpoint", "init.safetensors"]
+    assert main([*_train_args(Path("data"), tmp_path / "run", "--epochs", "1"), *run]) == 0
+    monkeypatch.chdir(tmp_path / "data")
+    again = ["--checkpoint", str(weights)]
+    assert main([*_train_args(Path("."), tmp_path / "run", "--epochs", "1"), *again, "--resume"]) == 0
+
+
+def test_version_1_checkpoints_resume(finished_run, tmp_path, monkeypatch):
+    """Checkpoints of the first format (whose run record names the model only) still resume."""
+    data, out = finished_run
+    run = shutil.copytree(out, tmp_path / "run")
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    state = {k: v for k, v in load_checkpoint(newest).items() if k not in ("format", "version", "digest")}
+    state["run"] = {"model": state["run"]["model"], "preset": "plain"}
+    monkeypatch.setattr(fastvits.train.checkpoint, "VERSION", 1)
+    fastvits.train.checkpoint.save_checkpoint(newest, state)
+    monkeypatch.undo()
+    assert load_checkpoint(newest)["version"] == 1
+    assert main([*_train_args(data, run, "--epochs", "2"), "--resume"]) == 0
+
+
 def test_resume_refuses_another_model_or_other_classes(finished_run, tmp_path, capsys):
     data, out = finished_run
     checkpoint = str(list_checkpoints(out / "checkpoints")[-1])

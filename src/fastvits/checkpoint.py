@@ -27,7 +27,7 @@ import safetensors
 import safetensors.torch
 import torch
 import torch.nn as nn
-from timm.models import adapt_input_conv
+from timm.models import adapt_input_conv as timm_adapt_input_conv
 
 from .errors import UserError
 
@@ -173,28 +173,29 @@ def _classifier_names(model: nn.Module) -> tuple[str, ...]:
     return _cfg_names(model, "classifier", "head")
 
 
-def _adapt_input_convs(sd: StateDict, expected: StateDict, model: nn.Module) -> StateDict:
-    """Input convs trained on other channels than the model takes (`in_chans=1`, 4, ...): timm's adaptation
-    (`adapt_input_conv`: summed over the channels for one, repeated and rescaled for more), as timm applies to its
-    own pretrained weights."""
+def _input_conv_mismatches(sd: StateDict, expected: StateDict, model: nn.Module) -> list[str]:
+    """Weights of the model's input convs (pretrained_cfg `first_conv`) that differ from the checkpoint's in the
+    number of input channels only (a model built with another `in_chans`)."""
+    names = []
     for name in _cfg_names(model, "first_conv", ""):
         w = f"{name}.weight"
-        if w not in sd or w not in expected or sd[w].dim() != 4:
-            continue
-        (o, i, kh, kw), (eo, ei, ekh, ekw) = sd[w].shape, expected[w].shape
-        if i != ei and (o, kh, kw) == (eo, ekh, ekw):
-            _logger.info("input conv %s adapted from %d to %d channels", w, i, ei)
-            sd = {**sd, w: adapt_input_conv(ei, sd[w])}
-    return sd
+        if w in sd and w in expected and sd[w].dim() == expected[w].dim() == 4:
+            (o, i, kh, kw), (eo, ei, ekh, ekw) = sd[w].shape, expected[w].shape
+            if i != ei and (o, kh, kw) == (eo, ekh, ekw):
+                names.append(w)
+    return names
 
 
-def _compare(sd: StateDict, expected: StateDict) -> tuple[list[str], list[str], list[str]]:
+def _compare(
+    sd: StateDict, expected: StateDict, tolerated: list[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """Missing, unexpected and mis-shaped keys (those in `tolerated` may be mis-shaped)."""
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     mismatched = [
         f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
         for k in expected
-        if k in sd and sd[k].shape != expected[k].shape
+        if k in sd and sd[k].shape != expected[k].shape and k not in tolerated
     ]
     return missing, unexpected, mismatched
 
@@ -217,8 +218,14 @@ def _format_list(title: str, items: list[str], limit: int = 12) -> str:
     return f"\n  {title} ({len(items)}):\n    {shown}{more}"
 
 
-def convert_state_dict(sd: StateDict, model: nn.Module, strict: bool = True) -> StateDict:
-    """Convert a raw state dict to the model's layout and check it fits (see module docstring)."""
+def convert_state_dict(
+    sd: StateDict, model: nn.Module, strict: bool = True, adapt_input_conv: bool = True
+) -> StateDict:
+    """Convert a raw state dict to the model's layout and check it fits (see module docstring).
+
+    `adapt_input_conv=False` leaves an input conv of another channel count as it is (timm's pretrained loading,
+    which calls this as its filter, adapts it afterwards itself) instead of adapting it here.
+    """
     for cls in type(model).__mro__:
         if cls in _FILTERS:
             sd = _FILTERS[cls](sd, model)
@@ -228,8 +235,13 @@ def convert_state_dict(sd: StateDict, model: nn.Module, strict: bool = True) -> 
     if any(k.startswith(classifier) for k in expected) and not any(k.startswith(classifier) for k in sd):
         _logger.warning("checkpoint has no classifier (%s): the model's head keeps its random initialisation",
                         ", ".join(c.rstrip(".") for c in classifier))
-    sd = _adapt_input_convs(_drop_new_head(sd, expected, model), expected, model)
-    missing, unexpected, mismatched = _compare(sd, expected)
+    sd = _drop_new_head(sd, expected, model)
+    convs = _input_conv_mismatches(sd, expected, model)
+    if adapt_input_conv:
+        for w in convs:
+            _logger.info("input conv %s adapted from %d to %d channels", w, sd[w].shape[1], expected[w].shape[1])
+        sd = {**sd, **{w: timm_adapt_input_conv(expected[w].shape[1], sd[w]) for w in convs}}
+    missing, unexpected, mismatched = _compare(sd, expected, [] if adapt_input_conv else convs)
     missing_body = [k for k in missing if not k.startswith(classifier)]
     if mismatched or (strict and (missing_body or unexpected)):  # a mis-shaped tensor never loads, strict or not
         raise CheckpointError(

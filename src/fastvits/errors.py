@@ -9,8 +9,17 @@ catch either.
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+import re
+
+__all__ = ["UserError", "unexpected_keyword"]
 
 
 class UserError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+def unexpected_keyword(error: TypeError) -> str | None:
+    """The argument name of a "got an unexpected keyword argument 'x'" TypeError (a constructor called with a
+    setting it does not have: a typo in --model-kwargs), or None for any other TypeError (a bug)."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    return None if found is None else found.group(1)

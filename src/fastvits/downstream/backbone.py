@@ -23,6 +23,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from ..checkpoint import load_checkpoint
+from ..errors import unexpected_keyword
 from ..registry import resolve_name
 from .errors import DownstreamSettingsError, MissingFileError
 
@@ -65,7 +66,8 @@ def _load_classification_weights(features: nn.Module, name: str, checkpoint: str
         fastvits.CheckpointError: The checkpoint does not fit the model.
         RuntimeError: A features-model tensor has no counterpart in the classification model.
     """
-    classifier = load_checkpoint(timm.create_model(name, **kwargs), checkpoint).state_dict()
+    # num_classes=0: the backbone needs no classifier, so a headless checkpoint is as good as a full one
+    classifier = load_checkpoint(timm.create_model(name, **{**kwargs, "num_classes": 0}), checkpoint).state_dict()
     state, unmatched = {}, []
     for key in features.state_dict():
         match = next((c for c in (key, key.removeprefix("model."), key.replace("_", ".", 1)) if c in classifier), None)
@@ -104,7 +106,7 @@ def create_feature_model(
     families; official names (`faster_vit_0_224`) are mapped to ours first.
 
     Raises:
-        DownstreamSettingsError: Unknown model name.
+        DownstreamSettingsError: Unknown model name, or a keyword argument the model does not take.
         MissingFileError: `checkpoint` does not exist.
         fastvits.CheckpointError: The checkpoint does not fit the model.
     """
@@ -112,7 +114,15 @@ def create_feature_model(
     _check_model_name(name)
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise MissingFileError(f"backbone checkpoint {checkpoint} not found; pass an existing .pth/.safetensors file")
-    features = timm.create_model(name, pretrained=pretrained and checkpoint is None, features_only=True, **kwargs)
+    try:
+        features = timm.create_model(name, pretrained=pretrained and checkpoint is None, features_only=True, **kwargs)
+    except TypeError as e:
+        unknown = unexpected_keyword(e)
+        if unknown is None:
+            raise
+        raise DownstreamSettingsError(
+            f"backbone {name} has no constructor argument {unknown!r}; remove it from --backbone-kwargs or correct it"
+        ) from e
     if checkpoint is not None:
         _load_classification_weights(features, name, checkpoint, **kwargs)
     return features

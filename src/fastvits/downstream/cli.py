@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..argtypes import json_object
+from ..argtypes import json_object, non_negative_int, positive_int
 from .backbone import BackboneConfig
 from .detection import ARCHS, DetectorConfig, build_detector
 from .errors import DownstreamDataError, DownstreamSettingsError, MissingFileError
@@ -32,6 +32,11 @@ if TYPE_CHECKING:
     from .data import AnnotatedImages
 
 TASKS = ("detect", "segment")
+# argparse types of the TrainConfig fields that are not counts of at least 1
+_TRAIN_TYPES: dict[str, Any] = {
+    "lr": float, "weight_decay": float, "clip_grad": float, "seed": int,
+    "warmup_steps": non_negative_int, "workers": non_negative_int,
+}
 SEGMENTATION_NEEDS_MASKS = (
     "semantic segmentation learns and is scored from masks: give every annotation a 'segmentation', "
     "or pass a mask folder (--masks)"
@@ -95,10 +100,16 @@ def _check_eval_data(source: AnnotatedImages, config: dict[str, Any]) -> None:
 
 def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, help="CPU threads; 1 avoids thread thrashing on cores shared with other jobs")
+    p.add_argument(
+        "--threads", type=positive_int, help="CPU threads; 1 avoids thread thrashing on cores shared with other jobs"
+    )
 
 
 def _setup_runtime(args: argparse.Namespace) -> torch.device:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DownstreamSettingsError(
+            f"--device {args.device} was given but PyTorch sees no CUDA device; use --device cpu"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device)
@@ -117,15 +128,15 @@ def _add_train_parser(sub: argparse._SubParsersAction, task: str) -> None:
     p.add_argument("--frozen-bn", action="store_true", help="use FrozenBatchNorm2d in the backbone")
     if task == "detect":
         p.add_argument("--arch", choices=ARCHS, default="maskrcnn")
-        p.add_argument("--fpn-channels", type=int, default=256)
-        p.add_argument("--min-size", type=int, default=800, help="shorter side after the detector's resize")
-        p.add_argument("--max-size", type=int, default=1333, help="longer side cap")
+        p.add_argument("--fpn-channels", type=positive_int, default=256)
+        p.add_argument("--min-size", type=positive_int, default=800, help="shorter side after the detector's resize")
+        p.add_argument("--max-size", type=positive_int, default=1333, help="longer side cap")
         p.add_argument("--detector-kwargs", type=json_object, default={}, help="torchvision detector kwargs as JSON")
     else:
         p.add_argument("--head", choices=HEADS, default="semfpn")
-        p.add_argument("--channels", type=int, default=256, help="head width")
-        p.add_argument("--size", type=int, default=512, help="shorter image side")
-        p.add_argument("--crop", type=int, default=512, help="training crop size")
+        p.add_argument("--channels", type=positive_int, default=256, help="head width")
+        p.add_argument("--size", type=positive_int, default=512, help="shorter image side")
+        p.add_argument("--crop", type=positive_int, default=512, help="training crop size")
         p.add_argument(
             "--scale-range",
             type=float,
@@ -136,8 +147,7 @@ def _add_train_parser(sub: argparse._SubParsersAction, task: str) -> None:
         )
     defaults = TrainConfig()
     for name, value in asdict(defaults).items():
-        kind = float if name in ("lr", "weight_decay", "clip_grad") else int
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+        p.add_argument(f"--{name.replace('_', '-')}", type=_TRAIN_TYPES.get(name, positive_int), default=value)
     p.add_argument("--output", help=f"run folder (default runs/{task}/BACKBONE)")
     p.add_argument(
         "--overwrite",
@@ -161,7 +171,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--run", type=Path, required=True, help="run folder written by train")
         _add_data_args(p)
         p.add_argument("--classes", help="classes.txt for mask folders (default: beside the mask folder)")
-        p.add_argument("--max-images", type=int, help="score only the first N images")
+        p.add_argument("--max-images", type=positive_int, help="score only the first N images")
         p.add_argument("--output", type=Path, help="metrics JSON (default RUN/eval.json)")
         _add_runtime_args(p)
         p.set_defaults(func=eval_command, task=task)
@@ -179,7 +189,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("kind", choices=("shapes", "coins"), help="synthetic shapes, or scikit-image's coins photo")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--num-images", type=int, default=64, help="shapes only")
-    p.add_argument("--size", type=int, default=128, help="shapes only: image side")
+    p.add_argument("--size", type=positive_int, default=128, help="shapes only: image side")
     p.add_argument("--max-shapes", type=int, default=4, help="shapes only")
     p.add_argument("--seed", type=int, default=0, help="shapes only")
     p.set_defaults(func=make_data_command)

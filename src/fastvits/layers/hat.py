@@ -177,6 +177,8 @@ class HATBlock(nn.Module):
         act_layer: type[nn.Module] = nn.GELU,
     ) -> None:
         super().__init__()
+        if window_size < 1 or ct_size < 1:
+            raise ValueError(f"HAT: window_size and ct_size must be at least 1, got {window_size} and {ct_size}")
         self.window_size = window_size
         self.ct_size = ct_size
         self.propagate = propagate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -124,7 +125,8 @@ def register_variants(model_cls: type[nn.Module], variants: dict[str, tuple[dict
                 model_cls,
                 _name,
                 pretrained,
-                pretrained_filter_fn=convert_state_dict,
+                # timm adapts the input conv to `in_chans` itself, after this filter
+                pretrained_filter_fn=partial(convert_state_dict, adapt_input_conv=False),
                 feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
                 **dict(_args, **kwargs),
             )

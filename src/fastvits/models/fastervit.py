@@ -202,7 +202,7 @@ class FasterViT(StagedModel):
         in_dim: channels of the stem's first conv.
         depths: blocks per stage (stages 0-1 convolutional, 2-3 HAT).
         num_heads: attention heads per stage (only stages 2-3 use them).
-        window_size: window side per stage (only stages 2-3 use them).
+        window_size: window side per stage (only stages 2-3 use them), or one side for all.
         ct_size: carrier tokens per window side.
         mlp_ratio: hidden width of the transformer MLPs relative to the stage width.
         hat: per stage, whether carrier tokens are used (they are skipped at run time when a map
@@ -223,7 +223,7 @@ class FasterViT(StagedModel):
         in_dim: int = 64,
         depths: Sequence[int] = (2, 3, 6, 5),
         num_heads: Sequence[int] = (2, 4, 8, 16),
-        window_size: Sequence[int] = (7, 7, 7, 7),
+        window_size: int | Sequence[int] = (7, 7, 7, 7),
         ct_size: int = 2,
         mlp_ratio: float = 4.0,
         hat: Sequence[bool] = (False, False, True, False),
@@ -237,6 +237,7 @@ class FasterViT(StagedModel):
         drop_rate: float = 0.0,
     ) -> None:
         super().__init__()
+        window_size = (window_size,) * 4 if isinstance(window_size, int) else window_size
         if not len(depths) == len(num_heads) == len(window_size) == len(hat) == 4:
             raise ValueError("depths, num_heads, window_size and hat need one entry per stage (4 stages)")
         self._init_classifier(in_chans, num_classes, global_pool, drop_rate, int(dim * 2 ** (len(depths) - 1)))

@@ -32,6 +32,7 @@ __all__ = [
 
 FORMAT = "fastvits-train-checkpoint"
 VERSION = 2  # 2: "run" holds the settings a resume must repeat (see resume.py)
+READABLE_VERSIONS = (1, 2)  # 1: the same state; its "run" names the model only, so only the model is checked
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -105,9 +106,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a fastvits training checkpoint: --resume takes a checkpoints/step-*.pt "
                               "file of a `fastvits train` run; to start a new run from model weights, pass them "
                               "with --checkpoint instead")
-    if state.get("version") != VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path} has checkpoint version {state.get('version')}, this fastvits reads "
-                              f"version {VERSION}; resume it with the fastvits release that wrote it")
+                              f"versions {', '.join(map(str, READABLE_VERSIONS))}; resume it with the fastvits "
+                              "release that wrote it")
     expected = state.pop("digest", None)
     if expected != _digest(state):
         raise CheckpointError(_damaged(path, "its content does not match its digest"))

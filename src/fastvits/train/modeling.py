@@ -8,7 +8,6 @@ settings travel as keyword arguments (`--model-kwargs '{"dim": 32}'`).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import torch.nn as nn
 from timm.data import ImageNetInfo
 
 from ..checkpoint import load_checkpoint
+from ..errors import unexpected_keyword
 from ..registry import resolve_name
 from .errors import CheckpointError, TrainError
 
@@ -72,10 +72,10 @@ def build_model(name: str, num_classes: int | None = None, checkpoint: str | Pat
             raise
         raise TrainError(f"unknown model {name!r}: use a timm or fastvits name (timm.list_models() lists them)") from e
     except TypeError as e:
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+        unknown = unexpected_keyword(e)
         if unknown is None:
             raise
-        raise TrainError(f"model {name} has no constructor argument {unknown.group(1)!r} ({e}); remove it from "
+        raise TrainError(f"model {name} has no constructor argument {unknown!r} ({e}); remove it from "
                          "--model-kwargs or correct its name") from e
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)

@@ -42,11 +42,21 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def _same_file_text(value: str | None) -> str | None:
+    """A path as one spelling (absolute, links resolved), so `data`, `./data` and `/abs/data` compare equal after a
+    change of working directory; other values ("fashion-mnist", names) unchanged."""
+    if value is None:
+        return None
+    prefix, sep, rest = value.partition(":") if value.startswith("fashion-mnist:") else ("", "", value)
+    return f"{prefix}{sep}{Path(rest).resolve()}" if Path(rest).exists() else value
+
+
 def run_record(opts: TrainOptions, class_names: list[str]) -> dict[str, Any]:
     """What a checkpoint stores about its run: the model (name, constructor arguments, classes) and, under
-    "settings", every option and recipe field that is not free to change on resume."""
+    "settings", every option and recipe field that is not free to change on resume (paths as absolute paths)."""
     options = {k: v for k, v in dataclasses.asdict(opts).items()
                if k not in FREE_SETTINGS and k not in _MODEL_OPTIONS and k != "recipe"}
+    options.update(data=_same_file_text(opts.data), checkpoint=_same_file_text(opts.checkpoint))
     return {
         "model": opts.model, "model_kwargs": _plain(opts.model_kwargs), "class_names": list(class_names),
         "settings": _plain({**options, **dataclasses.asdict(opts.recipe)}),
@@ -80,6 +90,8 @@ def check_resume(path: Path, state: dict[str, Any], record: dict[str, Any], step
         TrainError: settings differ; the message lists each as `--flag OLD -> NEW`.
     """
     stored = state["run"]
+    if "settings" not in stored:  # version 1 recorded the model name and preset only
+        stored = {**record, "model": stored["model"]}
     if any(stored[key] != record[key] for key in _MODEL_KEYS):
         raise CheckpointError(f"{path} holds {_model_text(stored)}, but this run builds {_model_text(record)}; "
                               "--resume needs a checkpoint of the run's own model: check --resume, --output, --model, "
