@@ -6,7 +6,8 @@ On a CPU the conv stages and MLPs of these models spend as much time reading and
 few-row matrices, where a weight packed in advance runs up to 1.8x faster than a plain GEMM. In eval mode,
 without autograd, in float32, with oneDNN present, fastvits layers route through the kernels below: BatchNorm
 (and layer scale) folded into the convolution's weights, conv weights packed into oneDNN's blocked layout,
-GELU/ReLU and the residual add applied as oneDNN post-ops, feature maps kept channels-last; linears of at most
+GELU and the residual add applied as oneDNN post-ops (ReLU in place after the kernel, which keeps NaN visible),
+feature maps kept channels-last; linears of at most
 `PACKED_ROWS` rows run on packed weights. Folded and packed weights are cached copies (refreshed when a weight
 changes): at batch 1 they add about 90% of a model's parameter bytes. The result equals the plain path to
 float32 rounding (tested); training, autocast, other dtypes and devices, and graph capture (torch.compile, ONNX

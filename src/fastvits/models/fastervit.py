@@ -93,7 +93,7 @@ class Downsample(nn.Module):
 class Stem(CachedByInput):
     """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4.
 
-    At inference on a CPU: two oneDNN convolutions with the BatchNorms folded and ReLU fused, channels-last
+    At inference on a CPU: two oneDNN convolutions with the BatchNorms folded, each ReLU in place, channels-last
     output (the rest of the network stays channels-last).
     """
 
