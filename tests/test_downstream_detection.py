@@ -370,6 +370,14 @@ MISTAKES = {
         "train --images {images} --ann {ann} --backbone resnet10t --backbone-kwargs {{\"dimm\":3}}",
         "backbone resnet10t has no constructor argument 'dimm'; remove it from --backbone-kwargs",
     ),
+    "unknown detector setting": (
+        "train --images {images} --ann {ann} --backbone resnet10t --arch retinanet --detector-kwargs {{\"foo\":1}}",
+        "--detector-kwargs: RetinaNet has no setting foo; it takes .*score_thresh",
+    ),
+    "detector setting of ours": (
+        "train --images {images} --ann {ann} --backbone resnet10t --detector-kwargs {{\"min_size\":100}}",
+        "min_size are set from the other options",
+    ),
     "cuda without a GPU": ("train --images {images} --ann {ann} --backbone resnet10t --device cuda", "no CUDA device"),
     "wrong-variant checkpoint": (
         "train --images {images} --ann {ann} --backbone resnet10t --checkpoint {bad}/resnet18.safetensors",

@@ -7,6 +7,7 @@ image size goes straight in: the backbones pad internally to their window and pa
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from torchvision.models.detection import FCOS, FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.fcos import FCOSClassificationHead, FCOSHead, FCOSRegressionHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from .backbone import STRIDES, BackboneConfig, BackboneWithFPN, build_backbone
@@ -61,6 +63,35 @@ def _fcos_head(channels: int, num_classes: int) -> FCOSHead:
     return head
 
 
+_CLASSES: dict[str, type[nn.Module]] = {
+    "maskrcnn": MaskRCNN, "fasterrcnn": FasterRCNN, "retinanet": RetinaNet, "fcos": FCOS,
+}
+_SET_HERE = frozenset({"backbone", "num_classes", "min_size", "max_size", "image_mean", "image_std", "head", "box_head",
+                       "box_predictor", "mask_head", "mask_predictor"})
+
+
+def _named_parameters(cls: type) -> set[str]:
+    params = inspect.signature(cls.__init__).parameters
+    return {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)} - {"self"}
+
+
+def _check_detector_kwargs(cls: type[nn.Module], kwargs: dict[str, Any]) -> None:
+    """Refuse `detector_kwargs` that the torchvision class would ignore (its `**kwargs` go on to the input transform,
+    whose own `**kwargs` swallow typos) or that `build_detector` sets itself."""
+    accepted = _named_parameters(cls) | _named_parameters(GeneralizedRCNNTransform)
+    unknown, ours = sorted(set(kwargs) - accepted), sorted(set(kwargs) & _SET_HERE)
+    if unknown:
+        raise DownstreamSettingsError(
+            f"--detector-kwargs: {cls.__name__} has no setting {', '.join(unknown)}; it takes "
+            f"{', '.join(sorted(accepted - _SET_HERE))}"
+        )
+    if ours:
+        raise DownstreamSettingsError(
+            f"--detector-kwargs: {', '.join(ours)} are set from the other options (--min-size, --max-size, "
+            "--fpn-channels, the backbone and the data); remove them from --detector-kwargs"
+        )
+
+
 def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Module:
     """Builds a torchvision detector on a multi-scale backbone with an FPN.
 
@@ -68,10 +99,11 @@ def build_detector(cfg: DetectorConfig, backbone_cfg: BackboneConfig) -> nn.Modu
     RetinaNet and FCOS use P3-P5 plus P6/P7 computed from P5, as in their papers.
 
     Raises:
-        DownstreamSettingsError: Unknown `arch`.
+        DownstreamSettingsError: Unknown `arch`, or `detector_kwargs` the detector does not take.
     """
     if cfg.arch not in ARCHS:
         raise DownstreamSettingsError(f"unknown detector arch {cfg.arch!r}; choose one of {ARCHS}")
+    _check_detector_kwargs(_CLASSES[cfg.arch], cfg.detector_kwargs)
     c = cfg.fpn_channels
     two_stage = cfg.arch in TWO_STAGE
     strides = STRIDES if two_stage else STRIDES[1:]
