@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..argtypes import json_object, non_negative_int, positive_int
+from ..train.files import atomic_write_json
 from .backbone import BackboneConfig
 from .detection import ARCHS, DetectorConfig, build_detector
 from .errors import DownstreamDataError, DownstreamSettingsError, MissingFileError
@@ -288,7 +289,7 @@ def train_command(args: argparse.Namespace) -> int:
     engine.save_run(out_dir, model, config)
     if val_source is not None:
         results |= _evaluate(model, config, val_source, device, None)
-    engine.write_json(out_dir / "results.json", results)
+    atomic_write_json(out_dir / "results.json", results)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -297,7 +298,7 @@ def eval_command(args: argparse.Namespace) -> int:
     device = _setup_runtime(args)
     model, config = _load_run(args.run)
     metrics = _evaluate(model, config, _open_data(args), device, args.max_images)
-    _extra("engine").write_json(args.output or args.run / "eval.json", metrics)
+    atomic_write_json(args.output or args.run / "eval.json", metrics)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -337,6 +338,6 @@ def predict_command(args: argparse.Namespace) -> int:
         records = engine.predict_detection(model, paths, out_dir, config["classes"], device, args.score_thresh)
     else:
         records = engine.predict_segmentation(model, paths, out_dir, config["classes"], config["size"], device)
-    engine.write_json(out_dir / "predictions.json", records)
+    atomic_write_json(out_dir / "predictions.json", records)
     print(f"wrote {len(records)} drawings to {out_dir}")
     return 0

@@ -12,11 +12,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pycocotools.cocoeval import COCOeval
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from tqdm import tqdm
 
+from ..checkpoint import save_safetensors
+from ..train.files import atomic_write_json
 from .data import (
     AnnotatedImages,
     DetectionDataset,
@@ -107,25 +107,6 @@ class CsvLog:
             if first:
                 writer.writeheader()
             writer.writerow(row)
-
-
-@contextlib.contextmanager
-def _replacing(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces `path` once the block has written it, so readers (and a
-    process killed mid-write) see the old file or the whole new one, never part of one.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Writes `obj` as indented JSON, atomically."""
-    with _replacing(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def detection_losses(model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
@@ -376,10 +357,10 @@ def predict_segmentation(
 
 
 def save_run(out_dir: Path, model: nn.Module, config: dict[str, Any]) -> None:
-    """Saves weights as safetensors, then the config that rebuilds the model and marks the run finished."""
-    with _replacing(out_dir / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
-    write_json(out_dir / "config.json", config)
+    """Saves weights as safetensors, then the config that rebuilds the model and marks the run finished (each
+    atomically)."""
+    save_safetensors(model.state_dict(), out_dir / "model.safetensors")
+    atomic_write_json(out_dir / "config.json", config)
 
 
 def load_weights(model: nn.Module, run_dir: Path) -> nn.Module:

@@ -17,6 +17,7 @@ from ..checkpoint import convert_state_dict, load_checkpoint
 __all__ = [
     "MIN_INPUT_SIZE",
     "StagedModel",
+    "autocast_enabled",
     "base_cfg",
     "check_image_input",
     "init_linear",
@@ -51,7 +52,7 @@ def check_image_input(
             f"{model_name} expects a floating-point image tensor, got {x.dtype}. Convert and normalise it first, "
             "e.g. x.float() / 255 followed by the model's mean/std normalisation."
         )
-    if weight_dtype is not None and x.dtype != weight_dtype and not _autocast_enabled(x.device.type):
+    if weight_dtype is not None and x.dtype != weight_dtype and not autocast_enabled(x.device.type):
         raise TypeError(
             f"{model_name} has {weight_dtype} weights but got a {x.dtype} input. Convert one to the other "
             f"(x.to({weight_dtype}) or model.to({x.dtype})), or run under torch.autocast for mixed precision."
@@ -63,7 +64,8 @@ def check_image_input(
         )
 
 
-def _autocast_enabled(device_type: str) -> bool:
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` (False for devices without autocast)."""
     return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
@@ -190,12 +192,9 @@ class StagedModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        if global_pool is not None:
-            _check_global_pool(global_pool, num_classes)
-            self.global_pool = global_pool
-        else:
-            _check_global_pool(self.global_pool, num_classes)
-        self.num_classes = num_classes
+        pool = self.global_pool if global_pool is None else global_pool
+        _check_global_pool(pool, num_classes)
+        self.global_pool, self.num_classes = pool, num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore

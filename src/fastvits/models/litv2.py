@@ -34,7 +34,7 @@ from ..fuse import fold_bn_into_weights
 from ..layers import HiLo, pad_nchw
 from ..layers.deform import deform_conv2d_sampled
 from ..layers.fused import Conv2d, Linear, fusable
-from ._common import StagedModel, base_cfg, init_linear, register_variants, stage_drop_path_rates
+from ._common import StagedModel, autocast_enabled, base_cfg, init_linear, register_variants, stage_drop_path_rates
 
 __all__ = ["LITV2_VARIANTS", "ConvFFN", "DeformConv2dPack", "DeformableTokenMerging", "LITv2"]
 
@@ -188,8 +188,7 @@ class DeformConv2dPack(nn.Module):
         if fusable(self, x):  # CPU inference: one weighted gather + one GEMM, 1.1-4.3x faster than torchvision here
             return deform_conv2d_sampled(x, offset, self.weight, self.bias, s, p)
         kind = x.device.type
-        autocast = torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
-        if autocast or x.dtype in (torch.float16, torch.bfloat16):
+        if autocast_enabled(kind) or x.dtype in (torch.float16, torch.bfloat16):
             # torchvision's CPU kernel has no bf16 path (and half precision gains nothing in this small layer): run
             # float32 and hand back the input's dtype, as torchvision's own CUDA autocast wrapper does
             weight, bias = self.weight.float(), self.bias.float()

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .data import format_names
+from .data import FASHION_MNIST, format_names
 from .errors import CheckpointError, TrainError
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _same_file_text(value: str | None) -> str | None:
     change of working directory; other values ("fashion-mnist", names) unchanged."""
     if value is None:
         return None
-    prefix, sep, rest = value.partition(":") if value.startswith("fashion-mnist:") else ("", "", value)
+    prefix, sep, rest = value.partition(":") if value.startswith(f"{FASHION_MNIST}:") else ("", "", value)
     return f"{prefix}{sep}{Path(rest).resolve()}" if Path(rest).exists() else value
 
 
