@@ -19,8 +19,9 @@ from ..argtypes import json_object, positive_int
 from .errors import TrainError
 from .files import atomic_write_csv, atomic_write_json, require_writable_file
 from .inference import ModelSource, predict, validate
+from .options import TrainOptions
 from .recipe import PRESETS, Recipe
-from .trainer import TrainOptions, default_preset, run_training
+from .trainer import default_preset, run_training
 
 __all__ = ["register"]
 

@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .data import FASHION_MNIST, format_names
 from .errors import CheckpointError, TrainError
-
-if TYPE_CHECKING:
-    from .trainer import TrainOptions
+from .options import TrainOptions
 
 __all__ = ["FREE_SETTINGS", "check_resume", "run_record"]
 

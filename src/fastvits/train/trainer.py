@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,49 +55,14 @@ from .errors import CheckpointError, DivergenceError, TrainError
 from .files import atomic_write_json, remove_stale_temporaries, require_writable_folder
 from .metrics import MetricsLog
 from .modeling import RUN_FILE, WEIGHTS, ModelSpec, build_model
-from .recipe import Recipe, scaled_lr
+from .options import TrainOptions
+from .recipe import scaled_lr
 from .resume import check_resume, run_record
 from .sampling import SeededDataset, ShardSampler, TrainSampler
 
-__all__ = ["AMP_DTYPES", "TrainOptions", "default_preset", "run_training"]
+__all__ = ["AMP_DTYPES", "default_preset", "run_training"]
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@dataclass
-class TrainOptions:
-    """Everything `fastvits train` takes besides the recipe; see `fastvits train --help` for each."""
-
-    model: str
-    recipe: Recipe
-    preset: str = "custom"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    checkpoint: str | None = None
-    pretrained: bool = False
-    data: str = "fashion-mnist"
-    train_split: str = "train"
-    val_split: str = "val"
-    train_samples: int | None = None
-    val_samples: int | None = None
-    img_size: tuple[int, int] | None = None
-    check_data: bool = False
-    lr: float | None = None
-    batch_size: int = 128
-    eval_batch_size: int | None = None
-    accum_steps: int = 1
-    workers: int | None = None
-    threads: int | None = None
-    output: Path | None = None
-    resume: str | None = None
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    grad_checkpointing: bool = False
-    seed: int = 0
-    progress: bool = True
 
 
 def default_preset(data: str) -> str:
