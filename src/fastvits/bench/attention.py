@@ -33,10 +33,10 @@ from typing import Any
 
 import torch
 
-from ..argtypes import non_negative_float, non_negative_int, positive_int
+from ..argtypes import positive_int
 from ..layers import ATTENTION_2D, Attention2d, create_attention2d, fused_attn
 from .backends import BackendSpec, BenchError, prepare_runner
-from .cli import add_mode, parse_size
+from .cli import add_mode, add_output_arguments, add_settings_arguments, parse_size, settings_from_args
 from .measure import count_gmacs, machine_info
 from .report import print_table, write_csv, write_json
 from .suite import BenchSettings, Entry, measure_group, size_text
@@ -211,7 +211,7 @@ def plot_attention(rows: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("what to run")
+    g, _ = add_settings_arguments(p)
     g.add_argument("--kinds", nargs="+", choices=list(ATTENTION_2D), default=list(ATTENTION_2D), help="layers")
     g.add_argument("--baseline", choices=list(ATTENTION_2D), default="hilo", help="the speedup column's reference")
     g.add_argument("--dim", type=positive_int, default=768, help="channels (default 768)")
@@ -224,20 +224,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--alpha", type=float, default=0.9, help="HiLo's fraction of Lo-Fi heads")
     g.add_argument("--ct-size", type=positive_int, default=2, help="HAT carrier tokens per window side")
     g.add_argument("--max-gflop", type=float, default=2000.0, help="skip configurations above this work per call")
-    g.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    g.add_argument("--threads", type=positive_int, help="torch threads (default: torch's default)")
-    g.add_argument("--seed", type=int, default=0)
-    m = p.add_argument_group("how to measure")
-    m.add_argument("--rounds", type=positive_int, default=5, help="quiet interleaved rounds wanted")
-    m.add_argument("--max-rounds", type=positive_int, help="give up on quiet rounds after this many (default 2x)")
-    m.add_argument("--warmup", type=non_negative_int, default=2)
-    m.add_argument("--sample-time", type=non_negative_float, default=0.3, help="seconds per timed sample")
-    m.add_argument("--max-load", type=float, default=0.2, help="cores of other work above which a sample is noisy")
-    m.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, help="folder for NAME.csv, NAME.json and NAME.png")
-    o.add_argument("--name", default="attention", help="file name stem in --out")
+    add_output_arguments(p, "attention")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,19 +232,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda asked but torch sees no CUDA device")
-    settings = BenchSettings(
-        device=args.device,
-        threads=args.threads,
-        precision=args.precision,
-        rounds=args.rounds,
-        max_rounds=args.max_rounds,
-        warmup=args.warmup,
-        sample_time=args.sample_time,
-        max_load=args.max_load,
-        memory=args.memory,
-        roof=0,
-        seed=args.seed,
-    )
+    settings = settings_from_args(args, roof=0)
     kinds = [args.baseline] + [k for k in args.kinds if k != args.baseline]
     specs = layer_specs(kinds, args.window, args.sr_ratio, args.hilo_window, args.alpha, args.ct_size)
     for spec in specs:  # the layers' own checks (head split, window sizes), before any timing

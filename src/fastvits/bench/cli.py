@@ -26,7 +26,15 @@ from .backends import BACKENDS, ONNX_EXPORTERS, BenchError, OfficialUnavailable,
 from .report import print_results, save_results
 from .suite import BenchSettings, bench_models
 
-__all__ = ["MODE_MODULES", "parse_size", "register", "run_models", "settings_from_args"]
+__all__ = [
+    "MODE_MODULES",
+    "add_output_arguments",
+    "add_settings_arguments",
+    "parse_size",
+    "register",
+    "run_models",
+    "settings_from_args",
+]
 
 MODE_MODULES: tuple[str, ...] = ("fastvits.downstream.bench", "fastvits.bench.attention")
 DEFAULT_MODE = "models"
@@ -87,6 +95,62 @@ def _roof(text: str) -> float | None:
         raise argparse.ArgumentTypeError(f"--roof {text!r}: auto, off or GFLOP/s") from None
 
 
+# the BenchSettings fields that every mode takes from its options of the same name (`add_settings_arguments`)
+_SHARED_SETTINGS = (
+    "precision", "device", "threads", "seed", "rounds", "max_rounds", "warmup", "sample_time", "max_load", "memory",
+)
+
+
+def add_settings_arguments(p: argparse.ArgumentParser) -> tuple[argparse._ArgumentGroup, argparse._ArgumentGroup]:
+    """The options of every bench mode that `settings_from_args` reads, in the groups "what to run" and "how to
+    measure"; returns both groups for the mode's own options."""
+    g = p.add_argument_group("what to run")
+    g.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="fp32, or bf16/fp16 autocast (this CPU has no native bf16: keep CPU runs fp32)",
+    )
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    g.add_argument("--threads", type=positive_int, help="torch (and onnxruntime) threads (default: torch's default)")
+    g.add_argument("--seed", type=int, default=0)
+    m = p.add_argument_group("how to measure")
+    m.add_argument("--rounds", type=positive_int, default=5, help="quiet interleaved rounds wanted (default 5)")
+    m.add_argument(
+        "--max-rounds", type=positive_int, help="give up waiting for quiet rounds after this many (default 2x --rounds)"
+    )
+    m.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per runner first (default 2)")
+    m.add_argument(
+        "--sample-time",
+        type=non_negative_float,
+        default=0.3,
+        help="seconds per timed sample: short calls are repeated (default 0.3)",
+    )
+    m.add_argument(
+        "--max-load",
+        type=float,
+        default=0.2,
+        help="CPU cores of other processes above which a sample is noisy and left out (default 0.2)",
+    )
+    m.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
+    return g, m
+
+
+def add_output_arguments(
+    p: argparse.ArgumentParser, name: str, files: str = "NAME.csv, NAME.json and NAME.png"
+) -> None:
+    """--out (the folder for `files`) and --name (their stem, default `name`) of a bench mode."""
+    o = p.add_argument_group("output")
+    o.add_argument("--out", type=Path, help=f"folder for {files}")
+    o.add_argument("--name", default=name, help=f"file name stem in --out (default {name})")
+
+
+def settings_from_args(args: argparse.Namespace, **overrides: Any) -> BenchSettings:
+    """The `BenchSettings` of a bench mode: the options `add_settings_arguments` added, updated with `overrides`
+    (the mode's own fields, such as `roof=0` for no GEMM roof)."""
+    return BenchSettings(**{name: getattr(args, name) for name in _SHARED_SETTINGS} | overrides)
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "models",
@@ -94,18 +158,12 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=["fastervit_0_224"],
         help="fastvits or timm model names, wildcards allowed (default fastervit_0_224)",
     )
-    g = p.add_argument_group("what to run")
+    g, m = add_settings_arguments(p)
     g.add_argument(
         "-b", "--batch-size", type=positive_int, nargs="+", help="batch sizes (default 1 32 on CPU, 1 256 on CUDA)"
     )
     g.add_argument(
         "--img-size", type=parse_size, nargs="+", help="image sizes, 224 or HxW (default: each model's own input size)"
-    )
-    g.add_argument(
-        "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        default="fp32",
-        help="fp32, or bf16/fp16 autocast (this CPU has no native bf16: keep CPU runs fp32)",
     )
     g.add_argument(
         "--backend",
@@ -134,30 +192,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="also run the official FasterViT package (pip install fastervit) with the same weights, "
         "interleaved with fastvits",
     )
-    g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    g.add_argument("--threads", type=positive_int, help="torch and onnxruntime threads (default: torch's default)")
     g.add_argument("--model-kwargs", type=json_object, default={}, help="JSON kwargs for the model constructors")
     g.add_argument("--checkpoint", help="weights for the fastvits model (official .pth.tar or safetensors)")
-    g.add_argument("--seed", type=int, default=0)
-    m = p.add_argument_group("how to measure")
-    m.add_argument("--rounds", type=positive_int, default=5, help="quiet interleaved rounds wanted (default 5)")
-    m.add_argument(
-        "--max-rounds", type=positive_int, help="give up waiting for quiet rounds after this many (default 2x --rounds)"
-    )
-    m.add_argument("--warmup", type=non_negative_int, default=2, help="untimed calls per runner first (default 2)")
-    m.add_argument(
-        "--sample-time",
-        type=non_negative_float,
-        default=0.3,
-        help="seconds per timed sample: short calls are repeated (default 0.3)",
-    )
-    m.add_argument(
-        "--max-load",
-        type=float,
-        default=0.2,
-        help="CPU cores of other processes above which a sample is noisy and left out (default 0.2)",
-    )
-    m.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probe")
     m.add_argument(
         "--roof",
         type=_roof,
@@ -165,12 +201,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         metavar="{auto,off,GFLOPS}",
         help="GEMM roof for the roof fraction: measured (auto, default), off, or a figure",
     )
-    o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, help="folder for NAME.csv (timm columns), NAME.json and NAME_pareto.png")
-    o.add_argument("--name", default="bench", help="file name stem in --out (default bench)")
+    add_output_arguments(p, "bench", "NAME.csv (timm columns), NAME.json and NAME_pareto.png")
 
 
-def settings_from_args(args: argparse.Namespace) -> BenchSettings:
+def _models_settings(args: argparse.Namespace) -> BenchSettings:
     try:
         backends = parse_backends(
             args.backend, compile=args.compile, channels_last=args.channels_last, reparam=args.reparam
@@ -179,32 +213,23 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         raise BenchError(str(e)) from None
     if args.device == "cuda" and any(s.backend == "onnxruntime" for s in backends):
         raise BenchError("the onnxruntime backend runs on the CPU only (--device cpu)")
-    return BenchSettings(
+    return settings_from_args(
+        args,
         models=list(args.models),
         batch_sizes=args.batch_size,
         img_sizes=args.img_size,
-        precision=args.precision,
         backends=backends,
         compare_official=args.compare_official,
-        device=args.device,
-        threads=args.threads,
-        rounds=args.rounds,
-        max_rounds=args.max_rounds,
-        warmup=args.warmup,
-        sample_time=args.sample_time,
-        max_load=args.max_load,
-        memory=args.memory,
         roof=args.roof,
         model_kwargs=args.model_kwargs,
         checkpoint=args.checkpoint,
         compile_mode=args.compile_mode,
         onnx_exporter=args.onnx_exporter,
-        seed=args.seed,
     )
 
 
 def run_models(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+    settings = _models_settings(args)
     try:
         results = bench_models(settings)
     except OfficialUnavailable as e:

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..argtypes import json_object
 from ..bench.backends import BackendSpec, is_fastvits_model, prepare_runner
-from ..bench.cli import add_mode, parse_size
+from ..bench.cli import add_mode, add_output_arguments, add_settings_arguments, parse_size, settings_from_args
 from ..bench.measure import machine_info
 from ..bench.report import print_table, write_csv, write_json
 from ..bench.suite import BenchSettings, Entry, expand_models, gmacs_and_params, measure_group, size_text
@@ -140,34 +140,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=1)
     p.add_argument("--neck", choices=("none", "fpn"), default="none", help="time the backbone alone or with its FPN")
     p.add_argument("--backend", default="eager", help="eager, compile, with +cl for channels_last")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
-    p.add_argument("--rounds", type=int, default=5, help="quiet interleaved rounds wanted")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--max-load", type=float, default=0.2, help="cores of other work above which a sample is noisy")
     p.add_argument(
         "--model-kwargs",
         type=json_object,
         default={},
         help='constructor kwargs per model as JSON, e.g. \'{"litv2_s": {"embed_dim": 32}}\'',
     )
-    p.add_argument("--out", type=Path, help="folder for NAME.csv, NAME.json and NAME.png")
-    p.add_argument("--name", default="detection_backbones", help="file name stem in --out")
+    add_settings_arguments(p)
+    p.set_defaults(device="cuda" if torch.cuda.is_available() else "cpu")
+    add_output_arguments(p, "detection_backbones")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = BenchSettings(
-        device=args.device,
-        threads=args.threads,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        max_load=args.max_load,
-        precision=args.precision,
-        roof=0,
-    )
+    settings = settings_from_args(args, roof=0)
     models = expand_models(args.models)
     rows = bench_backbones(
         models, args.img_size, args.batch_size, args.neck, BackendSpec.parse(args.backend), settings, args.model_kwargs
