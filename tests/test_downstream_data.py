@@ -8,21 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fastvits.downstream.data import (
-    SHAPE_CLASSES,
-    CocoImages,
-    DetectionDataset,
-    MaskFolderImages,
-    SegmentationDataset,
-    coins_instances,
-    encode_mask,
-    load_rgb,
-    make_shapes_dataset,
-    mask_to_box,
-    open_annotated_images,
-    read_classes,
-    render_shapes,
-)
+from fastvits.downstream.annotations import encode_mask, mask_to_box, read_classes
+from fastvits.downstream.datasets import DetectionDataset, SegmentationDataset
+from fastvits.downstream.formats import CocoImages, MaskFolderImages, load_rgb, open_annotated_images
+from fastvits.downstream.synthetic import SHAPE_CLASSES, coins_instances, make_shapes_dataset, render_shapes
 from fastvits.downstream.engine import coco_metrics
 from fastvits.errors import UserError
 

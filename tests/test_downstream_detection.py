@@ -15,13 +15,9 @@ from torch.utils.data import DataLoader
 import fastvits
 from fastvits.cli import main
 from fastvits.downstream import ARCHS, BackboneConfig, DetectorConfig, build_detector
-from fastvits.downstream.data import (
-    CocoImages,
-    DetectionDataset,
-    detection_collate,
-    make_coins_dataset,
-    make_shapes_dataset,
-)
+from fastvits.downstream.datasets import DetectionDataset, detection_collate
+from fastvits.downstream.formats import CocoImages
+from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
 from fastvits.downstream import engine
 from fastvits.downstream.engine import detection_losses, evaluate_detection, train
 from fastvits.downstream.schedule import TrainConfig

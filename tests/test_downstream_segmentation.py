@@ -12,7 +12,9 @@ from torch.utils.data import DataLoader
 
 from fastvits.cli import main
 from fastvits.downstream import HEADS, BackboneConfig, SegmenterConfig, build_segmenter
-from fastvits.downstream.data import MaskFolderImages, SegmentationDataset, make_coins_dataset, make_shapes_dataset
+from fastvits.downstream.datasets import SegmentationDataset
+from fastvits.downstream.formats import MaskFolderImages
+from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
 from fastvits.downstream.engine import evaluate_segmentation, segmentation_losses, train
 from fastvits.downstream.schedule import TrainConfig
 

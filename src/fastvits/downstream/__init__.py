@@ -1,7 +1,8 @@
 """Detection and semantic segmentation on fastvits (or any timm) backbones, built on torchvision.
 
-The models need only torchvision. Datasets (`fastvits.downstream.data`) and the training and evaluation loops
-(`fastvits.downstream.engine`) need the `detection` extra: `pip install "fastvits[detection]"`.
+The models need only torchvision. The data modules (`annotations`: COCO files and masks; `formats`: the two
+on-disk formats; `datasets`: torch datasets; `synthetic`: the shapes and coins datasets) and the training and
+evaluation loops (`engine`) need the `detection` extra: `pip install "fastvits[detection]"`.
 """
 
 from .backbone import STRIDES, BackboneConfig, BackboneWithFPN, FeatureBackbone, build_backbone, freeze_stages

@@ -30,7 +30,7 @@ from .schedule import TrainConfig
 from .segmentation import HEADS, SegmenterConfig, build_segmenter
 
 if TYPE_CHECKING:
-    from .data import AnnotatedImages
+    from .formats import AnnotatedImages
 
 TASKS = ("detect", "segment")
 # argparse types of the TrainConfig fields that are not counts of at least 1
@@ -45,8 +45,8 @@ SEGMENTATION_NEEDS_MASKS = (
 
 
 def _extra(module: str) -> ModuleType:
-    """`data` or `engine`, imported on use: they need the `detection` extra, and `fastvits` must start (for
-    `bench`, `train`, ...) without it.
+    """A data module (`annotations`, `formats`, `datasets`, `synthetic`) or `engine`, imported on use: they need
+    the `detection` extra, and `fastvits` must start (for `bench`, `train`, ...) without it.
     """
     try:
         return importlib.import_module(f".{module}", __package__)
@@ -65,7 +65,7 @@ def _add_data_args(p: argparse.ArgumentParser, prefix: str = "", required: bool 
 
 def _open_data(args: argparse.Namespace, prefix: str = "") -> AnnotatedImages:
     images, ann, masks = (getattr(args, prefix + name) for name in ("images", "ann", "masks"))
-    return _extra("data").open_annotated_images(images, ann, masks, args.classes)
+    return _extra("formats").open_annotated_images(images, ann, masks, args.classes)
 
 
 def _open_val_data(args: argparse.Namespace) -> AnnotatedImages | None:
@@ -197,11 +197,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def make_data_command(args: argparse.Namespace) -> int:
-    data = _extra("data")
+    synthetic = _extra("synthetic")
     if args.kind == "shapes":
-        data.make_shapes_dataset(args.out, args.num_images, args.size, args.max_shapes, args.seed)
+        synthetic.make_shapes_dataset(args.out, args.num_images, args.size, args.max_shapes, args.seed)
     else:
-        data.make_coins_dataset(args.out)
+        synthetic.make_coins_dataset(args.out)
     print(f"wrote {args.out}: images/, masks/, classes.txt, annotations.json")
     return 0
 
@@ -224,7 +224,7 @@ def _load_run(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
             f"{run_dir} has no config.json, which `train` writes when it finishes; pass the folder of a finished "
             "run as --run"
         )
-    config = _extra("data").read_json(path)
+    config = _extra("annotations").read_json(path)
     return _extra("engine").load_weights(build_model(config), run_dir), config
 
 
@@ -245,7 +245,7 @@ def train_command(args: argparse.Namespace) -> int:
     backbone = BackboneConfig(
         args.backbone, args.pretrained, args.checkpoint, args.frozen_stages, args.frozen_bn, args.backbone_kwargs
     )
-    data, engine = _extra("data"), _extra("engine")
+    datasets, engine = _extra("datasets"), _extra("engine")
     train_cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(TrainConfig())})
     config: dict[str, Any] = dict(
         task=args.task, classes=source.classes, backbone=asdict(backbone), train=asdict(train_cfg)
@@ -257,13 +257,13 @@ def train_command(args: argparse.Namespace) -> int:
                 args.arch, num_classes, args.fpn_channels, args.min_size, args.max_size, args.detector_kwargs
             )
         )
-        dataset, collate = data.DetectionDataset(source, train=True), data.detection_collate
+        dataset, collate = datasets.DetectionDataset(source, train=True), datasets.detection_collate
         loss_fn = engine.detection_losses
     else:
         config["segmenter"] = asdict(SegmenterConfig(args.head, num_classes, args.channels))
         config |= dict(size=args.size, crop=args.crop, scale_range=list(args.scale_range))
         dataset, collate, loss_fn = (
-            data.SegmentationDataset(source, args.size, args.crop, train=True, scale_range=tuple(args.scale_range)),
+            datasets.SegmentationDataset(source, args.size, args.crop, train=True, scale_range=tuple(args.scale_range)),
             None,
             engine.segmentation_losses,
         )
@@ -309,8 +309,8 @@ def _expand_images(inputs: list[Path]) -> list[Path]:
 
     Each file's header is read, so an undecodable file is refused before anything is written.
     """
-    data = _extra("data")
-    suffixes = data.IMAGE_SUFFIXES
+    formats = _extra("formats")
+    suffixes = formats.IMAGE_SUFFIXES
     paths: dict[Path, Path] = {}  # resolved -> as given
     for item in inputs:
         if item.is_dir():
@@ -324,7 +324,7 @@ def _expand_images(inputs: list[Path]) -> list[Path]:
         for path in found:
             paths.setdefault(path.resolve(), path)
     for path in paths.values():
-        data.image_size(path)
+        formats.image_size(path)
     return list(paths.values())
 
 

@@ -32,16 +32,10 @@ from tqdm import tqdm
 
 from ..checkpoint import save_safetensors
 from ..train.files import atomic_write_json
-from .data import (
-    AnnotatedImages,
-    DetectionDataset,
-    SegmentationDataset,
-    encode_mask,
-    load_rgb,
-    resize_short_side,
-    to_tensor,
-)
+from .annotations import encode_mask
+from .datasets import DetectionDataset, SegmentationDataset, resize_short_side, to_tensor
 from .errors import MissingFileError, RunExistsError
+from .formats import AnnotatedImages, load_rgb
 from .schedule import TrainConfig, lr_factor
 from .segmentation import IGNORE_INDEX
 from .visualize import draw_detections, draw_segmentation
