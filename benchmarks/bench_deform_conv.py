@@ -14,8 +14,8 @@ import argparse
 import torch
 from torchvision.ops import deform_conv2d
 
-from fastvits.layers.deform import deform_conv2d_sampled
 from fastvits.bench.measure import interleave, paired_ratio
+from fastvits.inference.deform import deform_conv2d_sampled
 
 LITV2_S_DTM = [(96, 56), (192, 28), (384, 14)]  # (input channels, input side)
 

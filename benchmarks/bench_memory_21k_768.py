@@ -5,10 +5,11 @@ per layer is large (16 x 2304 x 2304 floats = 340 MB for each stage-3 block); th
 keeps one such buffer per layer. This script reports, for fastvits (and the official model with
 --compare-official):
 - parameter and buffer bytes, and the resident memory that building the model added;
-- one forward at 768 px: its peak working memory, and what stays resident afterwards (caches);
-- the bytes held in fastvits' input-size caches, against what caching every layer's full bias
-  would take (measured from the biases the forward computes);
-- the same after a second forward at another size (do caches pile up per input size?).
+- one forward at 768 px of `optimize_for_inference(model)`: its peak working memory, and what stays resident
+  afterwards (position tables, packed weights);
+- the bytes the inference engine holds (position-encoding tables, oneDNN-packed weights), against what keeping
+  every layer's full bias would take (measured from the biases the forward computes);
+- the same after a second forward at another size (do the tables pile up per input size?).
 Resident figures come from /proc/self/status after returning freed heap pages (Linux).
 
     python benchmarks/bench_memory_21k_768.py --threads 2 --out results/memory_21k_768
@@ -25,13 +26,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_leaves
 
 from fastvits.bench.backends import build_model, build_official, copy_weights_to_official
 from fastvits.bench.cli import parse_size
 from fastvits.bench.measure import machine_info, peak_memory, resident_bytes
-from fastvits.layers import CachedByInput
-from fastvits.layers.pos_embed import ContinuousRelativeBias
+from fastvits.inference import optimize_for_inference
+from fastvits.inference.onednn import PackedConv2d, PackedLinear
+from fastvits.inference.position import FrozenRelativeBias, SizeTable
 
 MB = 2**20
 
@@ -40,22 +41,14 @@ def tensor_bytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def cache_bytes(model: nn.Module) -> int:
-    """Bytes held in every fastvits cache of the model: input-size caches (position biases) and the fused kernels'
-    folded and packed weights (distinct storages counted once)."""
-    seen, total = set(), 0
+def engine_bytes(model: nn.Module) -> int:
+    """Bytes the inference engine holds beyond the weights: position-encoding tables and oneDNN-packed weights."""
+    total = 0
     for m in model.modules():
-        if isinstance(m, CachedByInput):
-            for t in tree_leaves(list(m._cache.values())):
-                if not isinstance(t, torch.Tensor):
-                    continue
-                if t.is_mkldnn:  # oneDNN-packed weights: opaque, one buffer each
-                    key, nbytes = id(t), t.numel() * t.element_size()
-                else:
-                    key, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
-                if key not in seen:
-                    seen.add(key)
-                    total += nbytes
+        if isinstance(m, SizeTable):
+            total += tensor_bytes(getattr(m, name) for name in m.sizes.values())
+        if isinstance(m, (PackedConv2d, PackedLinear)) and m._packed is not None:
+            total += m._packed.numel() * m._packed.element_size()  # opaque oneDNN tensor: one buffer
     return total
 
 
@@ -66,7 +59,7 @@ def forward_report(model: nn.Module, size: tuple[int, int], base_rss: int | None
     hooks = [
         m.register_forward_hook(lambda _m, _i, out: bias_bytes.append(out.numel() * out.element_size()))
         for m in model.modules()
-        if isinstance(m, ContinuousRelativeBias)
+        if isinstance(m, FrozenRelativeBias)
     ]
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -80,7 +73,7 @@ def forward_report(model: nn.Module, size: tuple[int, int], base_rss: int | None
         "seconds": seconds,
         "peak_working_mb": peak / MB if peak is not None else None,
         "retained_mb": (rss - base_rss) / MB if rss is not None and base_rss is not None else None,
-        "cache_mb": cache_bytes(model) / MB,
+        "engine_mb": engine_bytes(model) / MB,
         "full_bias_per_layer_mb": sum(bias_bytes) / MB
         if hooks
         else None,  # every layer's (heads, N, N) bias, as a per-layer cache would hold
@@ -90,8 +83,8 @@ def forward_report(model: nn.Module, size: tuple[int, int], base_rss: int | None
 def model_report(name: str, model_fn, init_size: tuple[int, int] | None = None) -> tuple[nn.Module, dict]:
     """Build the model and measure what it holds.
 
-    Then (init_size) run one small forward and drop the caches, so that the one-time cost of the
-    first forward in a process (kernel libraries, thread pools) is not charged to the 768-px forward.
+    Then (init_size) run one small forward of the plain model and make its inference form, so that the one-time
+    cost of the first forward in a process (kernel libraries, thread pools) is not charged to the 768-px forward.
     """
     before = resident_bytes()
     model = model_fn().eval()
@@ -101,9 +94,7 @@ def model_report(name: str, model_fn, init_size: tuple[int, int] | None = None) 
     if init_size:
         with torch.inference_mode():
             model(torch.randn(1, 3, *init_size))
-        for m in model.modules():
-            if isinstance(m, CachedByInput):
-                m.clear_cache()
+        model = optimize_for_inference(model)
     base = resident_bytes()
     return model, {
         "model": name,
@@ -157,18 +148,19 @@ def main(argv: list[str] | None = None) -> int:
         built = "-" if r["resident_after_build_mb"] is None else f"{r['resident_after_build_mb']:.0f}"
         ratio = "-" if r["resident_over_params"] is None else f"{r['resident_over_params']:.2f}"
         print(f"{r['model']:<40} {r['param_mb']:>10.0f} {r['buffer_mb']:>10.0f} {built:>9} {ratio:>12}")
-    head = f"{'model':<40} {'size':>8} {'s':>6} {'peak MB':>8} {'retained MB':>11} {'cache MB':>9}"
+    head = f"{'model':<40} {'size':>8} {'s':>6} {'peak MB':>8} {'retained MB':>11} {'engine MB':>9}"
     print(f"\n{head} {'full biases MB':>14}")
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for r in reports:
         for f in r["forwards"]:
             print(
                 f"{r['model']:<40} {f['size']:>8} {f['seconds']:>6.1f} {fmt(f['peak_working_mb']):>8} "
-                f"{fmt(f['retained_mb']):>11} {f['cache_mb']:>9.1f} {fmt(f['full_bias_per_layer_mb']):>14}"
+                f"{fmt(f['retained_mb']):>11} {f['engine_mb']:>9.1f} {fmt(f['full_bias_per_layer_mb']):>14}"
             )
     print(
         "\nbuilt: resident memory added by building; retained: resident memory the forwards left behind (after "
-        "a first small forward that initialises the runtime); cache: fastvits input-size caches; full biases: "
+        "a first small forward that initialises the runtime); engine: position tables and packed weights of "
+        "optimize_for_inference; full biases: "
         "every layer's (heads, N, N) bias of that forward, which per-layer bias buffers would hold"
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from fastvits import optimize_for_inference
 from fastvits.bench.backends import build_model, build_official
 
 
@@ -34,7 +35,10 @@ def main() -> None:
     print(f"pid {os.getpid()}", flush=True)
     torch.set_num_threads(args.threads)
     size = (args.img_size, args.img_size)
-    model = build_official(args.model, size) if args.impl == "official" else build_model(args.model, size)[1]
+    if args.impl == "official":
+        model = build_official(args.model, size)
+    else:
+        model = optimize_for_inference(build_model(args.model, size)[1])
     x = torch.randn(args.batch_size, 3, *size)
     with torch.inference_mode():
         for _ in range(10):

@@ -1,14 +1,16 @@
 import pytest
 import torch
 
-from fastvits.layers import fused_attn, fused_kernels
+import fastvits
 
 
-@pytest.fixture(params=[False, True], ids=["plain", "fused"])
-def attn_path(request):
-    """Run a test with the plain path (official op order) and with the fused attention and CPU kernels."""
-    with fused_attn(request.param), fused_kernels(request.param):
-        yield request.param
+@pytest.fixture(params=["plain", "optimized"])
+def model_form(request):
+    """Run a test on the plain model (the official op order) and on `optimize_for_inference(model)`: a function
+    that turns an eval-mode model into the form under test."""
+    if request.param == "plain":
+        return lambda model: model.eval()
+    return fastvits.optimize_for_inference
 
 
 @pytest.fixture(autouse=True)

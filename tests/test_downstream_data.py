@@ -10,9 +10,9 @@ from PIL import Image
 
 from fastvits.downstream.annotations import encode_mask, mask_to_box, read_classes
 from fastvits.downstream.datasets import DetectionDataset, SegmentationDataset
+from fastvits.downstream.engine import coco_metrics
 from fastvits.downstream.formats import CocoImages, MaskFolderImages, load_rgb, open_annotated_images
 from fastvits.downstream.synthetic import SHAPE_CLASSES, coins_instances, make_shapes_dataset, render_shapes
-from fastvits.downstream.engine import coco_metrics
 from fastvits.errors import UserError
 
 

@@ -14,13 +14,12 @@ from torch.utils.data import DataLoader
 
 import fastvits
 from fastvits.cli import main
-from fastvits.downstream import ARCHS, BackboneConfig, DetectorConfig, build_detector
+from fastvits.downstream import ARCHS, BackboneConfig, DetectorConfig, build_detector, engine
 from fastvits.downstream.datasets import DetectionDataset, detection_collate
-from fastvits.downstream.formats import CocoImages
-from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
-from fastvits.downstream import engine
 from fastvits.downstream.engine import detection_losses, evaluate_detection, train
+from fastvits.downstream.formats import CocoImages
 from fastvits.downstream.schedule import TrainConfig
+from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
 
 TINY_KWARGS = dict(dim=16, in_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(7, 7, 7, 7))
 TINY = BackboneConfig("fastervit_0_any_res", kwargs=TINY_KWARGS)

@@ -13,10 +13,10 @@ from torch.utils.data import DataLoader
 from fastvits.cli import main
 from fastvits.downstream import HEADS, BackboneConfig, SegmenterConfig, build_segmenter
 from fastvits.downstream.datasets import SegmentationDataset
-from fastvits.downstream.formats import MaskFolderImages
-from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
 from fastvits.downstream.engine import evaluate_segmentation, segmentation_losses, train
+from fastvits.downstream.formats import MaskFolderImages
 from fastvits.downstream.schedule import TrainConfig
+from fastvits.downstream.synthetic import make_coins_dataset, make_shapes_dataset
 
 TINY_KWARGS = dict(dim=16, in_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), window_size=(7, 7, 7, 7))
 TINY = BackboneConfig("fastervit_0_any_res", kwargs=TINY_KWARGS)

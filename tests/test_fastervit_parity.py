@@ -49,9 +49,10 @@ def run_with_features(model: FasterViT, x: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @pytest.mark.parametrize("name", ["tiny", "tiny_nols", "tiny_anyres_sqgrid"])
-def test_fixture_parity(name, tmp_path, attn_path):
+def test_fixture_parity(name, tmp_path, model_form):
     meta, t = load_fixture("fastervit", name)
     model = fastvits.load_checkpoint(build(meta), fixture_checkpoint(t, tmp_path / "official.safetensors"))
+    model = model_form(model)
     logits, feats = run_with_features(model, t["inputs.x"])
     torch.testing.assert_close(logits, t["outputs.logits"], **TOL)
     expected = [k for k in t if k.startswith("features.")]
@@ -62,11 +63,10 @@ def test_fixture_parity(name, tmp_path, attn_path):
 
 @pytest.mark.parametrize("name", ["tiny_nols", "tiny_anyres_sqgrid"])
 def test_fixture_same_rounding(name, tmp_path):
-    """With the plain path the op order is the official one: equal up to BLAS kernel rounding."""
+    """The plain model, as built, has the official op order: equal up to BLAS kernel rounding."""
     meta, t = load_fixture("fastervit", name)
     model = fastvits.load_checkpoint(build(meta), fixture_checkpoint(t, tmp_path / "official.safetensors"))
-    with fastvits.layers.fused_attn(False), fastvits.layers.fused_kernels(False):
-        logits, _ = run_with_features(model, t["inputs.x"])
+    logits, _ = run_with_features(model, t["inputs.x"])
     assert_same_rounding(logits, t["outputs.logits"])
 
 
@@ -98,7 +98,7 @@ def test_non_square_grid_fixture(tmp_path):
 
 
 @pytest.mark.parametrize("size", [(24, 36), (30, 42), (21, 13), (9, 9)])
-def test_hat_stage_matches_explicit_reference(size, attn_path):
+def test_hat_stage_matches_explicit_reference(size, model_form):
     """Square, non-square, non-divisible and single-window maps, in float64, with propagation."""
     model = FasterViT(dim=8, in_dim=8, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=(3, 3, 5, 3),
                       hat=(False, False, True, False), layer_scale=0.5, do_propagation=True).double().eval()
@@ -106,6 +106,6 @@ def test_hat_stage_matches_explicit_reference(size, attn_path):
         p.data.normal_(0, 0.5)
     x = torch.randn(2, 32, *size, dtype=torch.float64)
     with torch.no_grad():
-        ours, _ = model.levels[2](x)
         ref = hat_stage(model.levels[2], x)
+        ours, _ = model_form(model).levels[2](x)
     torch.testing.assert_close(ours, ref, atol=1e-10, rtol=1e-10)

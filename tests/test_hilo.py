@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_same_rounding, load_fixture
 
-from fastvits.layers import Attention, HiLo, fused_attn, hilo_head_split
+from fastvits.layers import Attention, HiLo, hilo_head_split
 
 HILO_FIXTURES = [
     "hilo_d64h8_a0.5_ws2_8x8",  # divisible square map (classification and dense variants agree)
@@ -36,18 +36,18 @@ def load(name: str) -> tuple[HiLo, dict, tuple[int | None, int | None]]:
 
 
 @pytest.mark.parametrize("name", HILO_FIXTURES)
-def test_fixture_parity(name, attn_path):
+def test_fixture_parity(name, model_form):
     layer, t, (H, W) = load(name)
     with torch.no_grad():
-        out = layer(t["io.input"], H, W)
+        out = model_form(layer)(t["io.input"], H, W)
     torch.testing.assert_close(out, t["io.output"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", HILO_FIXTURES)
 def test_fixture_bit_exact_and_float64(name):
-    """The plain attention path has the official op order: identical in float32, 1e-10 in float64."""
+    """The plain layer, as built, has the official op order: identical in float32, 1e-10 in float64."""
     layer, t, (H, W) = load(name)
-    with torch.no_grad(), fused_attn(False):
+    with torch.no_grad():
         assert_same_rounding(layer(t["io.input"], H, W), t["io.output"])
         out64 = layer.double()(t["io.input"].double(), H, W)
     torch.testing.assert_close(out64, t["io.output_f64"], atol=1e-10, rtol=1e-10)
@@ -74,7 +74,7 @@ def test_head_split_truncates(heads, alpha, ws, expected):
     assert hilo_head_split(heads, alpha, ws)[0] == (heads if ws == 1 else math.trunc(float(heads) * alpha))
 
 
-def test_window_one_is_plain_attention(attn_path):
+def test_window_one_is_plain_attention(model_form):
     """s = 1: all heads Lo-Fi without pooling, i.e. multi-head attention with qkv = [l_q; l_kv]."""
     hilo = HiLo(32, 4, window_size=1, alpha=0.3, qkv_bias=True).eval()
     mha = Attention(32, 4, qkv_bias=True).eval()
@@ -83,7 +83,7 @@ def test_window_one_is_plain_attention(attn_path):
         mha.qkv.bias.copy_(torch.cat([hilo.l_q.bias, hilo.l_kv.bias]))
         mha.proj.load_state_dict(hilo.l_proj.state_dict())
         x = torch.randn(2, 5 * 7, 32)
-        torch.testing.assert_close(hilo(x, 5, 7), mha(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model_form(hilo)(x, 5, 7), model_form(mha)(x), atol=1e-6, rtol=1e-6)
 
 
 def test_padding_is_zeros_then_crop():

@@ -37,10 +37,11 @@ def build(kind: str, channels_last: bool = False, dim: int = 16) -> torch.nn.Mod
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("kind", list(ATTENTION_2D))
-def test_any_size_both_layouts(kind, size, attn_path):
+def test_any_size_both_layouts(kind, size, model_form):
     """Same shape out, and channels-first and channels-last give the same map up to the permutation."""
     first, last = build(kind).eval(), build(kind, channels_last=True).eval()
     last.load_state_dict(first.state_dict())
+    first, last = model_form(first), model_form(last)
     x = torch.randn(2, 16, *size)
     with torch.no_grad():
         y_first = first(x)
@@ -119,16 +120,17 @@ def reference_window_attention(layer: WindowAttention2d, x: torch.Tensor) -> tor
 @pytest.mark.parametrize(
     "size, window, shift", [((9, 13), 4, 2), ((8, 8), 4, 2), ((10, 6), 3, 1), ((5, 7), 4, 0)]
 )
-def test_window_attention_matches_reference(size, window, shift, attn_path):
-    layer = WindowAttention2d(8, 2, window_size=window, shift_size=shift, channels_last=True).double()
+def test_window_attention_matches_reference(size, window, shift, model_form):
+    layer = WindowAttention2d(8, 2, window_size=window, shift_size=shift, channels_last=True).double().eval()
     for p in layer.parameters():
         p.data.normal_(0, 0.5)
     x = torch.randn(2, *size, 8, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(layer(x), reference_window_attention(layer, x), atol=1e-10, rtol=1e-10)
+        expected = reference_window_attention(layer, x)
+        torch.testing.assert_close(model_form(layer)(x), expected, atol=1e-10, rtol=1e-10)
 
 
-def test_shifted_window_attention_matches_timm_swin_block(attn_path):
+def test_shifted_window_attention_matches_timm_swin_block(model_form):
     """On a divisible map the layer is Swin's SW-MSA (timm's block masks with -100 instead of -inf)."""
     block = SwinTransformerBlock(16, (8, 8), num_heads=2, window_size=4, shift_size=2).eval()
     layer = WindowAttention2d(16, 2, window_size=4, shift_size=2, channels_last=True).eval()
@@ -138,7 +140,7 @@ def test_shifted_window_attention_matches_timm_swin_block(attn_path):
         layer.relative_position_bias_table.normal_(0, 1)
         block.attn.relative_position_bias_table.copy_(layer.relative_position_bias_table)
         x = torch.randn(2, 8, 8, 16)
-        torch.testing.assert_close(layer(x), block._attn(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model_form(layer)(x), block._attn(x), atol=1e-5, rtol=1e-5)
 
 
 def test_bad_shift():
@@ -147,7 +149,7 @@ def test_bad_shift():
 
 
 # ------------------------------------------------------------------------------ spatial reduction
-def test_sra_ratio_one_is_global_attention(attn_path):
+def test_sra_ratio_one_is_global_attention(model_form):
     sra = SpatialReductionAttention2d(16, 4, sr_ratio=1).eval()
     msa = GlobalAttention2d(16, 4).eval()
     with torch.no_grad():
@@ -155,7 +157,7 @@ def test_sra_ratio_one_is_global_attention(attn_path):
         msa.attn.qkv.bias.copy_(torch.cat([sra.q.bias, sra.kv.bias]))
         msa.attn.proj.load_state_dict(sra.proj.state_dict())
         x = torch.randn(2, 16, 5, 7)
-        torch.testing.assert_close(sra(x), msa(x), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model_form(sra)(x), model_form(msa)(x), atol=1e-6, rtol=1e-6)
 
 
 def test_sra_pads_before_reducing():

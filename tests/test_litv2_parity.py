@@ -23,7 +23,7 @@ def build(meta: dict, **overrides) -> LITv2:
     assert a["has_msa"] == [0, 0, 1, 1] and a["patch_size"] == 4 and a["mlp_ratio"] == 4.0
     kwargs = dict(
         embed_dim=a["embed_dim"], depths=tuple(a["depths"]), num_heads=tuple(a["num_heads"]),
-        window_size=tuple(a["local_ws"]), alpha=a["alpha"], qkv_bias=a["qkv_bias"],
+        local_ws=tuple(a["local_ws"]), alpha=a["alpha"], qkv_bias=a["qkv_bias"],
         drop_path_rate=a["drop_path_rate"], num_classes=a.get("num_classes", 0),
     )
     return LITv2(**{**kwargs, **overrides}).eval()
@@ -57,9 +57,9 @@ def cls_fixture(tmp_path_factory):
     return meta, t, fastvits.load_checkpoint(build(meta), path)  # strict: every official key used
 
 
-def test_cls_parity(cls_fixture, attn_path):
+def test_cls_parity(cls_fixture, model_form):
     _, t, model = cls_fixture
-    logits, feats = run_cls(model, t["io.input"])
+    logits, feats = run_cls(model_form(model), t["io.input"])
     torch.testing.assert_close(logits, t["io.output"], **TOL32)
     expected = [k for k in t if k.startswith("features.")]
     assert len(expected) == 10
@@ -70,17 +70,16 @@ def test_cls_parity(cls_fixture, attn_path):
 
 
 def test_cls_rounding_and_float64(cls_fixture):
-    """Plain attention path = official op order: identical logits in float32, 1e-10 in float64."""
+    """The plain model, as built, has the official op order: identical logits in float32, 1e-10 in float64."""
     meta, t, model = cls_fixture
-    with fastvits.layers.fused_attn(False):
-        logits, feats = run_cls(model, t["io.input"])
-        assert_same_rounding(logits, t["io.output"], LITV2_ULPS)
-        for k in [k for k in t if k.startswith("features.")]:
-            assert_same_rounding(feats[k.removeprefix("features.")], t[k], LITV2_ULPS)
-        model64 = build(meta).double()
-        model64.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            logits64 = model64(t["io.input"].double())
+    logits, feats = run_cls(model, t["io.input"])
+    assert_same_rounding(logits, t["io.output"], LITV2_ULPS)
+    for k in [k for k in t if k.startswith("features.")]:
+        assert_same_rounding(feats[k.removeprefix("features.")], t[k], LITV2_ULPS)
+    model64 = build(meta).double()
+    model64.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        logits64 = model64(t["io.input"].double())
     torch.testing.assert_close(logits64, t["io.output_f64"], **TOL64)
 
 
@@ -95,7 +94,8 @@ def dense_outputs(model: LITv2, x: torch.Tensor, norms: dict[str, torch.Tensor])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-def test_det_backbone_parity(dtype, attn_path):
+@pytest.mark.parametrize("form", ["plain", "optimized"])
+def test_det_backbone_parity(dtype, form):
     meta, t = load_fixture("litv2", "litv2_tiny_det")
     sd = {k.removeprefix("state_dict."): v for k, v in t.items() if k.startswith("state_dict.")}
     norms = {k: sd.pop(k) for k in list(sd) if k.startswith("norm")}
@@ -105,13 +105,15 @@ def test_det_backbone_parity(dtype, attn_path):
     sd = fastvits.checkpoint.convert_state_dict(sd, model)  # strict: the rest is exactly our backbone
     model.load_state_dict(sd, strict=True)
     model.to(dtype)
+    if form == "optimized":
+        model = fastvits.optimize_for_inference(model)
     with torch.no_grad():
         outs = dense_outputs(model, t["io.input"].to(dtype), norms)
     assert [tuple(o.shape[2:]) for o in outs] == [tuple(s) for s in meta["derived"]["stage_hw"]]
     for i, out in enumerate(outs):
         if dtype == torch.float32:
             torch.testing.assert_close(out, t[f"io.output.{i}"], **TOL32)
-            if not attn_path:
+            if form == "plain":
                 assert_same_rounding(out, t[f"io.output.{i}"], LITV2_ULPS)
         else:
             torch.testing.assert_close(out, t[f"io.output_f64.{i}"], **TOL64)

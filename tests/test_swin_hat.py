@@ -29,9 +29,9 @@ def image() -> torch.Tensor:
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 
 
-def test_starts_close_to_swin(image, attn_path):
+def test_starts_close_to_swin(image, model_form):
     swin = small_swin()
-    hat = swin_with_hat(swin, stages=(1, 2)).eval()
+    hat = model_form(swin_with_hat(swin, stages=(1, 2)).eval())
     assert isinstance(hat.layers[2].blocks[1], SwinHATBlock) and not isinstance(hat.layers[0].blocks[0], SwinHATBlock)
     with torch.no_grad():
         ours, theirs = hat.forward_features(image), swin.forward_features(image)
@@ -140,7 +140,7 @@ def reference_hat_attention(block, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def test_hat_window_attention_matches_explicit_reference(attn_path):
+def test_hat_window_attention_matches_explicit_reference(model_form):
     hat = swin_with_hat(small_swin(), stages=(1,), ct_size=1).eval()
     block = hat.layers[1].blocks[0]  # 28 x 28 tokens, window 7, no shift
     assert not any(block.shift_size)
@@ -148,4 +148,6 @@ def test_hat_window_attention_matches_explicit_reference(attn_path):
         p.data.normal_(0, 0.3)
     x = torch.randn(2, 28, 28, block.dim)
     with torch.no_grad():
-        torch.testing.assert_close(block._attn(x), reference_hat_attention(block, x), atol=1e-5, rtol=1e-5)
+        expected = reference_hat_attention(block, x)
+        ours = model_form(hat).layers[1].blocks[0]._attn(x)
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)

@@ -5,7 +5,7 @@
 
 from . import layers, models
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, save_safetensors
-from .fuse import optimize_for_inference
+from .inference import optimize_for_inference
 from .registry import create_model, list_models, resolve_name
 
 __version__ = "0.1.0"

@@ -204,9 +204,17 @@ def _drop_new_head(sd: StateDict, expected: StateDict, model: nn.Module) -> Stat
     """Drop the checkpoint's classifier when the model was built for another number of classes."""
     for name in _classifier_names(model):
         w = f"{name}.weight"
-        if w in sd and (w not in expected or sd[w].shape != expected[w].shape):
-            _logger.info("checkpoint classifier %s %s does not fit the model: new head kept", w, tuple(sd[w].shape))
-            sd = {k: v for k, v in sd.items() if not k.startswith(f"{name}.")}
+        if w not in sd or (w in expected and sd[w].shape == expected[w].shape):
+            continue
+        if w in expected:
+            _logger.warning(
+                "the checkpoint's classifier %s has shape %s, the model's %s: the model's classifier keeps its random "
+                "initialisation (train it, or build the model with num_classes=%d to load the checkpoint's)",
+                w, tuple(sd[w].shape), tuple(expected[w].shape), sd[w].shape[0],
+            )
+        else:
+            _logger.info("the model has no classifier %s: the checkpoint's is left out", name)
+        sd = {k: v for k, v in sd.items() if not k.startswith(f"{name}.")}
     return sd
 
 

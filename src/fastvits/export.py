@@ -11,8 +11,10 @@ Two exporters:
   (`pip install onnxscript`, part of the `fastvits[onnx]` extra).
 - `dynamo=False`: the older TorchScript-tracing exporter; no extra dependency and faster to run,
   deprecated by PyTorch.
-Both export the plain attention path (`fastvits.layers.fused_attn(False)`) and give a graph with a
-dynamic batch dimension. Height and width are fixed by default: the models pad to window multiples
+Both export the model's inference form for exporters (`optimize_for_inference(model, runtime="export")`: BatchNorm
+and layer scales folded, position encodings of the exported size as constants, the plain attention path, since ONNX
+has no attention operator before opset 23), so a plain or an optimized model gives the same graph, with a dynamic
+batch dimension. Height and width are fixed by default: the models pad to window multiples
 with amounts computed from the input size, which a traced graph freezes. `dynamic_size=True` (dynamo
 exporter) leaves them symbolic too, over the sizes for which one graph is exact: multiples of the
 model's total stride (32) from `min_dynamic_size` up to `max_size`. FasterViT's lower bound is where
@@ -35,7 +37,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from .layers import fused_attn
+from .inference import optimize_for_inference
 
 __all__ = [
     "DEFORM_CONV_MIN_OPSET",
@@ -242,21 +244,23 @@ def size_multiple(model: nn.Module) -> int:
 
 
 def min_dynamic_size(model: nn.Module, in_chans: int = 3) -> int:
-    """Smallest side of a dynamic-size export: two strides, and more than one window per side in every `HAT2d`.
-    An exporter fixes every dimension that is 1 in its example (a one-window map's window count), and a map that
-    fits in one window runs without carrier tokens, another graph. The HAT layers' strides are read from one
+    """Smallest side of a dynamic-size export: two strides, and more than one window per side in every HAT layer
+    or stage. An exporter fixes every dimension that is 1 in its example (a one-window map's window count), and a
+    map that fits in one window runs without carrier tokens, another graph. The HAT layers' strides are read from one
     forward pass (eval mode)."""
     from .layers import HAT2d
+    from .models.fastervit import HATStage
 
     multiple = size_multiple(model)
     probe = 8 * multiple  # any multiple of the total stride gives exact strides
     strides: list[tuple[int, int]] = []  # (stride of the layer's map, window size)
 
     def record(layer: nn.Module, args: tuple) -> None:
-        side = args[0].shape[1] if layer.channels_last else args[0].shape[2]  # (B, H, W, C) or (B, C, H, W)
+        channels_last = getattr(layer, "channels_last", False)  # HATStage: (B, C, H, W)
+        side = args[0].shape[1] if channels_last else args[0].shape[2]  # (B, H, W, C) or (B, C, H, W)
         strides.append((probe // side, layer.window_size))
 
-    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, HAT2d)]
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, (HAT2d, HATStage))]
     if hooks:
         param = next(model.parameters())
         try:
@@ -326,8 +330,8 @@ def export_onnx(
             size. The range goes into the file's metadata (`check_onnx_input` reads it).
         max_size: largest height and width of a dynamic-size export.
 
-    The model is exported with `eval()` semantics and put back in its previous mode afterwards. Outputs
-    are named `output` (or `output_0`, `output_1`, ... for a list, e.g. a `features_only` model); the
+    The model is exported with `eval()` semantics (its inference form for exporters; the model itself is not
+    changed). Outputs are named `output` (or `output_0`, `output_1`, ... for a list, e.g. a `features_only` model); the
     input is named `image`.
     """
     if opset < DEFORM_CONV_MIN_OPSET and _uses_deform_conv(model):
@@ -339,29 +343,22 @@ def export_onnx(
         raise ValueError("dynamic_size=True needs the dynamo exporter (dynamo=True); the TorchScript tracer fixes H, W")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    try:
-        x = _example_input(model, input_size)
-        size_range = _dynamic_size_range(model, x, max_size) if dynamic_size else None
-        with torch.no_grad():
-            out = model(x)
-        n_out = len(out) if isinstance(out, (list, tuple)) else 1
-        names = dict(
-            input_names=["image"],
-            output_names=["output"]
-            if n_out == 1 and isinstance(out, torch.Tensor)
-            else [f"output_{i}" for i in range(n_out)],
-        )
-        # Plain attention (matmul, softmax, matmul): ONNX has no attention operator before opset 23, the
-        # exporters decompose SDPA into the same nodes anyway, and the dynamo one fails on SDPA with a bias.
-        with fused_attn(False):
-            if dynamo:
-                _export_dynamo(model, x, path, opset, dynamic_batch, names, size_range)
-            else:
-                _export_torchscript(model, x, path, opset, dynamic_batch, names)
-    finally:
-        model.train(was_training)
+    x = _example_input(model, input_size)
+    frozen = optimize_for_inference(model, runtime="export")  # an eval-mode copy: `model` is not changed
+    size_range = _dynamic_size_range(frozen, x, max_size) if dynamic_size else None
+    with torch.no_grad():
+        out = frozen(x)  # also keeps the position encodings of the exported size as constants
+    n_out = len(out) if isinstance(out, (list, tuple)) else 1
+    names = dict(
+        input_names=["image"],
+        output_names=["output"]
+        if n_out == 1 and isinstance(out, torch.Tensor)
+        else [f"output_{i}" for i in range(n_out)],
+    )
+    if dynamo:
+        _export_dynamo(frozen, x, path, opset, dynamic_batch, names, size_range)
+    else:
+        _export_torchscript(frozen, x, path, opset, dynamic_batch, names)
     return path
 
 

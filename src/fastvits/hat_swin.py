@@ -92,7 +92,7 @@ class SwinCarrierTokens(nn.Module):
         B, _, _, C = x.shape
         c = self.ct_size
         ct = ct_to_raster(self.tokenizer(x.permute(0, 3, 1, 2), grid, attn.window_size), grid, c)  # (B, N_ct, C) raster
-        bias = self.rel_pos((grid[0] * c, grid[1] * c), ct.shape[1], x.device)  # (1, h, N_ct, N_ct)
+        bias = self.rel_pos((grid[0] * c, grid[1] * c), ct.shape[1])  # (1, h, N_ct, N_ct)
         update = multi_head_attention(self.norm(ct), attn.qkv, attn.proj, attn.num_heads, attn.scale, bias)
         ct = ct + self.gamma * update
         return ct_to_windows(ct, grid, c).view(B, -1, c * c, C)  # (B, nW, c*c, C)

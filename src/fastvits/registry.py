@@ -33,7 +33,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def _names() -> set[str]:
-    return set(models.FASTERVIT_VARIANTS) | set(models.LITV2_VARIANTS)
+    return set(models.fastervit.default_cfgs) | set(models.litv2.default_cfgs)
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

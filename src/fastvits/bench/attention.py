@@ -27,17 +27,17 @@ import copy
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..argtypes import positive_int
-from ..layers import ATTENTION_2D, Attention2d, create_attention2d, fused_attn
+from ..inference import optimize_for_inference
+from ..layers import ATTENTION_2D, Attention2d, create_attention2d
 from .backends import BackendSpec, BenchError, prepare_runner
 from .cli import add_mode, add_output_arguments, add_settings_arguments, parse_size, settings_from_args
-from .measure import count_gmacs, machine_info
+from .measure import machine_info, model_gmacs
 from .report import print_table, write_csv, write_json
 from .suite import BenchSettings, Entry, measure_group, size_text
 
@@ -71,18 +71,9 @@ def layer_specs(
 
 
 def layer_gmacs(layer: Attention2d, dim: int, size: tuple[int, int]) -> float:
-    """Multiply-accumulates (billions) of one call on one map, counted on the meta device.
-
-    The count runs the plain attention path, because `FlopCounterMode` does not see the fused CPU
-    attention kernels; on the meta device its attention matrices (7.5 GB for global attention on
-    112 x 112 tokens) cost no memory and no time. A first call fills the input-size caches (position
-    biases), so the count is what a timed call does.
-    """
-    meta = copy.deepcopy(layer).to("meta")
-    x = torch.empty(1, dim, *size, device="meta")
-    with torch.inference_mode(), fused_attn(False):
-        meta(x)
-        return count_gmacs(partial(meta, x), 1)
+    """Multiply-accumulates (billions) of one call on one map (`model_gmacs`), counted on the meta device, where
+    the attention matrices (7.5 GB for global attention on 112 x 112 tokens) cost no memory and no time."""
+    return model_gmacs(copy.deepcopy(layer).to("meta"), torch.empty(1, dim, *size, device="meta"))
 
 
 def _log(msg: str) -> None:
@@ -132,9 +123,9 @@ def bench_attention(
                     }
                 )
                 continue
-            runner = prepare_runner(
-                layer, spec.label, BackendSpec(), x1, device=device, precision=settings.precision,
-                threads=settings.threads,
+            runner = prepare_runner(  # every layer as fastvits runs it at inference
+                optimize_for_inference(layer), spec.label, BackendSpec(), x1, device=device,
+                precision=settings.precision, threads=settings.threads,
             )
             labels[runner.name] = spec.label
             entries.append(Entry(f"attention {size_text(size)}", runner, gmacs, params))

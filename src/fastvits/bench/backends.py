@@ -1,13 +1,16 @@
 """What gets timed: a model (fastvits, the official FasterViT, or a timm peer) prepared for a backend.
 
-A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers: `+cl`
-(channels_last memory format), `+plain` (fastvits' fused attention and fused CPU kernels off, to
-measure what they bring; no effect on other code), `+freeze` (compile only: inductor freezing) and
-`+reparam` (timm's `reparameterize_model`: modules with `fuse()` / `reparameterize()` /
-`switch_to_deploy()` fold themselves for inference; for the official FasterViT this is its deploy
-mode of cached position biases, switched on after one forward because the official caches are
-filled by a forward; fastvits runs one forward too, to fill the caches a compiled graph reads).
-Examples: `eager+cl`, `compile+reparam+freeze`, `onnxruntime`.
+A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers. fastvits models run every
+backend through `fastvits.optimize_for_inference` (with the runtime that fits: eager, compile, or export for
+ONNX), unless a modifier says otherwise:
+- `+plain`: the plain model as built, without the inference engine (no effect on other code);
+- `+reparam`: timm's `reparameterize_model` instead (modules with `fuse()` / `reparameterize()` /
+  `switch_to_deploy()` convert themselves; fastvits' stages reach the same engine through `fuse()`; for the official
+  FasterViT this is its deploy mode of cached position biases, switched on after one forward because the official
+  caches are filled by a forward);
+- `+cl`: channels_last memory format; `+freeze` (compile only): inductor freezing.
+A compiled fastvits model runs one eager forward at the benchmark's size first, so that the graph reads its position
+biases as constants. Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
 
 The official `fastervit` package is never a dependency: `build_official` imports it lazily and
 gives the same weights to it through the reverse of fastvits' checkpoint conversion.
@@ -31,7 +34,8 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..layers import fused_attn, fused_kernels
+from ..inference import optimize_for_inference
+from ..models.fastervit import DERIVED_BUFFERS, official_state_dict
 from ..registry import create_model, list_models, resolve_name
 
 __all__ = [
@@ -46,12 +50,12 @@ __all__ = [
     "copy_weights_to_official",
     "default_img_size",
     "official_name",
-    "official_state_dict",
     "parse_backends",
     "prepare_runner",
 ]
 
 BACKENDS = ("eager", "compile", "onnxruntime")
+_RUNTIME = {"eager": "eager", "compile": "compile", "onnxruntime": "export"}  # optimize_for_inference's runtime
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 OFFICIAL_INSTALL_HINT = (
     "the official FasterViT package is not installed. Install it next to fastvits with `pip install fastervit` "
@@ -68,12 +72,12 @@ class BenchError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """How a model is run: backend plus channels_last / reparameterisation / plain-path modifiers."""
+    """How a model is run: backend plus channels_last / reparameterisation / plain-model modifiers."""
 
     backend: str = "eager"
     channels_last: bool = False
-    reparam: bool = False
-    plain: bool = False  # fastvits' fast paths off (fused attention, fused CPU kernels): for A/B runs
+    reparam: bool = False  # timm's reparameterize_model instead of fastvits.optimize_for_inference
+    plain: bool = False  # the plain fastvits model, without the inference engine: for A/B runs
     freeze: bool = False  # compile only: inductor freezing (weights become constants of the graph)
 
     @classmethod
@@ -90,8 +94,8 @@ class BackendSpec:
             raise BenchError(f"+freeze is an option of torch.compile: use compile+freeze, not {text!r}")
         if backend == "onnxruntime" and "cl" in mods:
             raise BenchError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
-        if backend == "onnxruntime" and "plain" in mods:
-            raise BenchError("the ONNX export is always the plain path: drop +plain from onnxruntime")
+        if "plain" in mods and "reparam" in mods:
+            raise BenchError(f"+plain (no inference engine) and +reparam (timm's) contradict each other in {text!r}")
         return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods, "freeze" in mods)
 
     def __str__(self) -> str:
@@ -113,7 +117,7 @@ def parse_backends(
         s = BackendSpec.parse(text)
         backend = "compile" if compile and s.backend == "eager" else s.backend
         cl = s.channels_last or (channels_last and backend != "onnxruntime")
-        s = BackendSpec(backend, cl, s.reparam or reparam, s.plain, s.freeze)
+        s = BackendSpec(backend, cl, s.reparam or (reparam and not s.plain), s.plain, s.freeze)
         if s not in out:
             out.append(s)
     return out
@@ -183,11 +187,6 @@ class OfficialUnavailable(RuntimeError):
     """The official implementation cannot run this comparison (not installed, no counterpart, shape)."""
 
 
-# Buffers the official model derives itself (coordinate tables, index, deploy-mode bias cache); fastvits
-# never stores them. Same list as the checkpoint filter in fastvits.models.fastervit.
-_DERIVED_BUFFERS = ("relative_bias", "relative_coords_table", "relative_position_index")
-
-
 def official_name(name: str) -> str | None:
     """Official FasterViT name for a fastvits FasterViT name (`fastervit_0_224` -> `faster_vit_0_224`)."""
     name = resolve_name(name).split(".")[0]
@@ -228,25 +227,10 @@ def build_official(name: str, img_size: tuple[int, int], model_kwargs: dict[str,
     return model.eval()
 
 
-def official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """fastvits FasterViT weights in the official key layout (the reverse of the checkpoint filter).
-
-    `.rel_pos.` becomes `.pos_emb_funct.`, and the carrier-token tokenizer's position embedding is
-    also stored under the official alias `global_tokenizer.to_global_feature.pos.`.
-    """
-    out = {}
-    for k, v in state_dict.items():
-        k = k.replace(".rel_pos.", ".pos_emb_funct.")
-        out[k] = v
-        if ".global_tokenizer.pos_embed." in k:
-            out[k.replace(".global_tokenizer.pos_embed.", ".global_tokenizer.to_global_feature.pos.")] = v
-    return out
-
-
 def copy_weights_to_official(ours: nn.Module, official: nn.Module) -> None:
     """Load fastvits weights into the official model, refusing anything but derived buffers missing."""
     result = official.load_state_dict(official_state_dict(ours.state_dict()), strict=False)
-    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in _DERIVED_BUFFERS]
+    missing = [k for k in result.missing_keys if k.rsplit(".", 1)[-1] not in DERIVED_BUFFERS]
     if missing or result.unexpected_keys:
         raise RuntimeError(
             "fastvits weights do not fit the official model built for this input size: "
@@ -297,16 +281,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def _inference(
-    fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str, plain: bool = False
+    fn: Callable[[Any], torch.Tensor], device: torch.device, precision: str
 ) -> Callable[[Any], torch.Tensor]:
-    """fn under inference mode and autocast; `plain` turns fastvits' fast paths off around the call (otherwise the
-    switches stay as the user set them)."""
+    """fn under inference mode and autocast."""
 
     def call(x: Any) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device, precision), contextlib.ExitStack() as stack:
-            if plain:
-                stack.enter_context(fused_attn(False))
-                stack.enter_context(fused_kernels(False))
+        with torch.inference_mode(), autocast(device, precision):
             return fn(x)
 
     return call
@@ -408,9 +388,9 @@ def prepare_runner(
 ) -> Runner:
     """Turn an eval-mode module into a Runner (the module is modified: pass a copy to keep one).
 
-    `example` is an input of the benchmark's image size: the official model fills its deploy
-    caches with it. onnxruntime runners export on their first call (warm-up) for the input's shape
-    (see `export_onnx_file` for `onnx_exporter`).
+    `example` is an input of the benchmark's image size: the official model fills its deploy caches with it, and a
+    compiled fastvits model its position-encoding tables. onnxruntime runners export on their first call (warm-up)
+    for the input's shape (see `export_onnx_file` for `onnx_exporter`).
     """
     device = torch.device(device)
     module = module.to(device).eval()
@@ -422,9 +402,11 @@ def prepare_runner(
         from timm.utils.model import reparameterize_model
 
         module = reparameterize_model(module, inplace=True)
-        if impl != "official":  # fill fastvits' caches, which a compiled inference-only model reads
-            with torch.no_grad(), autocast(device, precision):
-                module(example[:1].to(device))
+    elif impl == "fastvits" and not spec.plain:
+        module = optimize_for_inference(module, runtime=_RUNTIME[spec.backend])
+    if impl == "fastvits" and spec.backend == "compile":  # the graph then reads the position tables as constants
+        with torch.no_grad(), autocast(device, precision):
+            module(example[:1].to(device))
     if spec.channels_last:
         module = module.to(memory_format=torch.channels_last)
 
@@ -433,10 +415,10 @@ def prepare_runner(
         return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x.contiguous()
 
     if spec.backend == "eager":
-        return Runner(impl, spec, module, _inference(module, device, precision, spec.plain), adapt, notes=notes)
+        return Runner(impl, spec, module, _inference(module, device, precision), adapt, notes=notes)
     if spec.backend == "compile":
         compiled = torch.compile(module, mode=compile_mode, dynamic=False)
-        call = _inference(compiled, device, precision, spec.plain)
+        call = _inference(compiled, device, precision)
         return Runner(impl, spec, module, _freezing(call) if spec.freeze else call, adapt, notes=notes)
 
     # onnxruntime (CPU, fp32)

@@ -23,8 +23,11 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
 try:
@@ -33,13 +36,15 @@ except ImportError:  # pragma: no cover - not on Windows
     resource = None
 
 from ..allocator import current_allocator
-from ..layers.fused import fused_kernels
+from ..inference import optimize_for_inference
 
 __all__ = [
     "LoadMonitor",
     "Sample",
     "Timing",
     "count_gmacs",
+    "model_gmacs",
+    "register_deform_conv2d_flops",
     "gemm_roof",
     "interleave",
     "machine_info",
@@ -293,17 +298,46 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
 # ------------------------------------------------------------------------------------------------- FLOPs
 
 
+def _deform_conv2d_flops(
+    input_shape: Sequence[int], weight_shape: Sequence[int], *args: Any, out_shape: Sequence[int], **kwargs: Any
+) -> int:
+    """FLOPs (2 per multiply-accumulate) of a deformable conv's GEMM, counted like a regular conv; the bilinear
+    sampling is not counted, as in LITv2's official count."""
+    out_chans, in_per_group, kh, kw = weight_shape
+    return 2 * out_shape[0] * out_shape[2] * out_shape[3] * out_chans * in_per_group * kh * kw
+
+
+def register_deform_conv2d_flops() -> None:
+    """Teach `torch.utils.flop_counter` torchvision's deformable conv (LITv2's token merging), once."""
+    try:
+        op = torch.ops.torchvision.deform_conv2d
+    except (AttributeError, RuntimeError):  # torchvision built without its C++ ops: nothing to count
+        return
+    if op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op)(_deform_conv2d_flops)
+
+
 def count_gmacs(fn: Callable[[], object], batch_size: int) -> float:
     """Multiply-accumulates per image (billions) of one call, from `torch.utils.flop_counter`.
 
-    Counts convolutions, linear layers and attention matmuls (timm's `infer_gmacs` convention), on the
-    plain path: the counter does not see the fused oneDNN kernels (`fastvits.layers.fused`).
-    Call it on a warmed-up model: work that a model caches after its first call (fastvits'
-    position biases) is then not counted, as it is not done in the timed calls either.
+    Counts convolutions, linear layers, attention matmuls and deformable convs (timm's `infer_gmacs` convention).
+    The counter sees plain torch ops only: count a model prepared with `optimize_for_inference(model,
+    runtime="export")` and warmed up, so that position encodings, which the timed models compute once per input
+    size, are not counted either (`model_gmacs`).
     """
-    with fused_kernels(False), FlopCounterMode(display=False) as counter:
+    register_deform_conv2d_flops()
+    with FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 2 / batch_size / 1e9
+
+
+def model_gmacs(model: nn.Module, x: torch.Tensor) -> float:
+    """`count_gmacs` of `model(x)` per image: on a copy in plain torch ops with its position encodings computed
+    once (`optimize_for_inference(runtime="export")`), as the timed models run."""
+    counted = optimize_for_inference(model, runtime="export")
+    with torch.no_grad():
+        counted(x)  # fills the position-encoding tables
+        return count_gmacs(lambda: counted(x), x.shape[0])
 
 
 # -------------------------------------------------------------------------------------------- GEMM roof

@@ -61,7 +61,7 @@ CSV_COLUMNS = TIMM_COLUMNS + (
 )
 
 # Published ImageNet-1K top-1 of timm peers used in the Pareto plot (the figures listed in
-# shared/research/perf_baseline.md); fastvits models carry theirs in the *_VARIANTS tables.
+# shared/research/perf_baseline.md); fastvits models carry theirs in each family's IMAGENET_TOP1 table.
 PEER_TOP1: dict[str, float] = {
     "deit_small_patch16_224": 79.9,
     "efficientvit_b2": 82.2,
@@ -83,19 +83,18 @@ PEER_TOP1: dict[str, float] = {
 def official_top1(name: str) -> float | None:
     """The official ImageNet top-1 of a model name (fastvits, official alias or a known timm peer), or None.
 
-    Looks in every `*_VARIANTS` table of `fastvits.models` (name -> (args, top1, cfg)), so new
-    families are found without changes here.
+    fastvits' any-resolution names share the weights, and so the top-1, of their fixed-resolution namesakes.
     """
-    from .. import models
+    from ..models import fastervit, litv2
     from ..registry import resolve_name
 
     arch = resolve_name(name).split(".")[0]
-    for attr in dir(models):
-        table = getattr(models, attr)
-        if attr.endswith("_VARIANTS") and isinstance(table, dict) and arch in table:
-            entry = table[arch]
-            top1 = entry[1] if isinstance(entry, (tuple, list)) and len(entry) > 1 else None
-            return float(top1) if isinstance(top1, (int, float)) else None
+    top1 = {**fastervit.IMAGENET_TOP1, **litv2.IMAGENET_TOP1}
+    if arch.endswith("_any_res"):
+        base = arch.removesuffix("_any_res")
+        arch = base if base in top1 else f"{base}_224"
+    if arch in top1:
+        return top1[arch]
     return PEER_TOP1.get(arch)
 
 

@@ -34,7 +34,7 @@ from .backends import (
     default_img_size,
     prepare_runner,
 )
-from .measure import count_gmacs, gemm_roof, interleave, machine_info, paired_ratio, peak_memory
+from .measure import gemm_roof, interleave, machine_info, model_gmacs, paired_ratio, peak_memory
 from .report import official_top1
 
 __all__ = [
@@ -308,12 +308,8 @@ def _best_vs_best(entries: Sequence[Entry], timings: dict, rows: list[dict[str, 
 
 
 def gmacs_and_params(model: nn.Module, size: tuple[int, int], device: torch.device) -> tuple[float, int]:
-    x = torch.randn(1, 3, *size, device=device)
     model.to(device)
-    with torch.no_grad():
-        model(x)  # fills input-size caches, so the count is what a timed call does
-        gmacs = count_gmacs(lambda: model(x), 1)
-    return gmacs, sum(p.numel() for p in model.parameters())
+    return model_gmacs(model, torch.randn(1, 3, *size, device=device)), sum(p.numel() for p in model.parameters())
 
 
 def _build_entries(

@@ -31,6 +31,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardInd
 from tqdm import tqdm
 
 from ..checkpoint import save_safetensors
+from ..inference import optimize_for_inference
 from ..train.files import atomic_write_json
 from .annotations import encode_mask
 from .datasets import DetectionDataset, SegmentationDataset, resize_short_side, to_tensor
@@ -215,7 +216,7 @@ def evaluate_detection(
     model: nn.Module, source: AnnotatedImages, device: torch.device, max_images: int | None = None
 ) -> dict[str, float]:
     """COCO box mAP, plus mask mAP for models that predict masks."""
-    model.to(device).eval()
+    model = optimize_for_inference(model.to(device))
     dataset = DetectionDataset(source)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     box_results, mask_results, image_ids, has_masks = [], [], [], False
@@ -242,7 +243,7 @@ def evaluate_segmentation(
     Logits are resized to each mask's own resolution before the argmax, so scores do not depend on `size`
     through mask resampling.
     """
-    model.to(device).eval()
+    model = optimize_for_inference(model.to(device))
     num_classes = len(source.classes) + 1
     # NaN for classes absent from both prediction and ground truth, so they do not count as IoU 0.
     jaccard = MulticlassJaccardIndex(num_classes, average="none", ignore_index=IGNORE_INDEX, zero_division=float("nan"))
@@ -294,7 +295,7 @@ def predict_detection(
     """Detects objects in each image, draws them to `out_dir/NAME.png` (`output_names`) and returns the kept
     detections.
     """
-    model.to(device).eval()
+    model = optimize_for_inference(model.to(device))
     records = []
     for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths)):
         image = load_rgb(path)
@@ -328,7 +329,7 @@ def predict_segmentation(
     model: nn.Module, paths: Sequence[Path], out_dir: Path, classes: Sequence[str], size: int, device: torch.device
 ) -> list[dict[str, Any]]:
     """Segments each image; writes the class-id mask `NAME_mask.png` and the overlay `NAME.png` (`output_names`)."""
-    model.to(device).eval()
+    model = optimize_for_inference(model.to(device))
     records = []
     for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths, ("", "_mask"))):
         image = load_rgb(path)

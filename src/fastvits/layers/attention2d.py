@@ -23,10 +23,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from .inference_form import InferenceForm
+
 __all__ = ["Attention2d"]
 
 
-class Attention2d(nn.Module):
+class Attention2d(InferenceForm, nn.Module):
     """Base class: layout conversion and input checks around `forward_map` (the native-layout computation).
 
     Args:

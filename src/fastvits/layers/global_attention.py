@@ -20,12 +20,16 @@ class GlobalAttention2d(Attention2d):
         dim: channels of input and output.
         num_heads: attention heads.
         qkv_bias: biases on the query/key/value projection.
+        fused_attn: `F.scaled_dot_product_attention` instead of the plain matmul-softmax path.
         channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True, channels_last: bool = False) -> None:
+    def __init__(
+        self, dim: int, num_heads: int = 8, *, qkv_bias: bool = True, fused_attn: bool = False,
+        channels_last: bool = False,
+    ) -> None:
         super().__init__(dim, channels_last)
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, fused_attn=fused_attn)
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""

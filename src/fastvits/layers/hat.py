@@ -1,36 +1,35 @@
 """Hierarchical Attention (HAT) from FasterViT: window attention with carrier tokens.
 
-Every window of a feature map gets `ct_size x ct_size` carrier tokens (CTs), initialised by pooling
-the map. In each HAT block the CTs of all windows first attend to each other globally (a cheap
-attention over a few tokens per window), then travel with their window: they are prepended to the
-window's tokens for the local window attention and split off again. The last block of a stage can
-propagate the CTs back into the window tokens by nearest upsampling.
+Every window of a feature map gets `ct_size x ct_size` carrier tokens (CTs), initialised by pooling the map. In
+each HAT block the CTs of all windows first attend to each other globally (a cheap attention over a few tokens per
+window), then travel with their window: they are prepended to the window's tokens for the local window attention
+and split off again. The last block of a stage can propagate the CTs back into the window tokens by nearest
+upsampling.
 
-Carrier tokens are kept window-major, shape (B, nWh * nWw * c * c, C): windows row-major over the
-window grid, then the c x c tokens of each window row-major.
+Carrier tokens are kept window-major, shape (B, nWh * nWw * c * c, C): windows row-major over the window grid, then
+the c x c tokens of each window row-major.
 
-`HAT2d` is the whole mechanism as a 2-D layer (padding, carrier-token initialisation, HAT blocks,
-propagation); FasterViT's transformer stages are `HAT2d` plus a downsampler. The pieces
-(`CarrierTokenInit`, the layout helpers, `propagate_carrier_tokens`) also serve HAT inside other
-networks (`fastvits.hat_swin`).
+`hierarchical_attention` is the whole mechanism on a feature map (padding, carrier-token initialisation, HAT
+blocks, propagation, cropping), read top to bottom; `HAT2d` is it as a 2-D layer for other networks, and
+FasterViT's transformer stages call it with their own blocks. The pieces (`CarrierTokenInit`, the layout helpers,
+`propagate_carrier_tokens`) also serve HAT inside Swin (`fastvits.hat_swin`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath
-from timm.models import checkpoint
+from timm.layers import DropPath, Mlp
 from torch import nn
 
-from .attention import Attention
+from .attention import AttentionProjections
 from .attention2d import Attention2d
-from .cache import is_concrete
-from .fused import Mlp
+from .grad_checkpoint import call_block
 from .pos_embed import ContinuousRelativeBias, MlpPositionEmbedding
-from .windows import crop_nhwc, pad_nchw, window_partition, window_reverse
+from .windows import crop_nhwc, is_static, pad_nchw, window_partition, window_reverse
 
 __all__ = [
     "CarrierTokenInit",
@@ -41,10 +40,13 @@ __all__ = [
     "ct_pool_geometry",
     "ct_to_raster",
     "ct_to_windows",
+    "hat_blocks",
+    "hierarchical_attention",
     "propagate_carrier_tokens",
 ]
 
 
+# ------------------------------------------------------------------------------------- carrier-token layout
 def ct_to_raster(ct: torch.Tensor, grid: tuple[int, int], ct_size: int) -> torch.Tensor:
     """Window-major carrier tokens (B, N, C) -> raster order over the (c*nWh) x (c*nWw) CT grid."""
     B, N, C = ct.shape
@@ -86,9 +88,9 @@ def _pool_matrix(windows: int, window: int, ct_size: int, like: torch.Tensor) ->
 def avg_pool_by_matmul(x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int], ct_size: int) -> torch.Tensor:
     """The carrier-token average pooling as two matrix products, for symbolic sizes.
 
-    `F.avg_pool2d` takes its kernel size as a constant, so under `torch.compile(dynamic=True)` the kernel
-    (which grows with the window grid) would pin the graph to one input size. The same sums taken one axis at
-    a time differ from it only in rounding order.
+    `F.avg_pool2d` takes its kernel size as a constant, so under `torch.compile(dynamic=True)` the kernel (which
+    grows with the window grid) would pin the graph to one input size. The same sums taken one axis at a time
+    differ from it only in rounding order.
     """
     rows, kh = _pool_matrix(grid[0], window[0], ct_size, x)  # (c*nWh, Hp)
     cols, kw = _pool_matrix(grid[1], window[1], ct_size, x)  # (c*nWw, Wp)
@@ -106,7 +108,7 @@ class CarrierTokenInit(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int], window: tuple[int, int]) -> torch.Tensor:
         """x: (B, C, H, W) padded map with H = grid[0] * window[0], W = grid[1] * window[1] -> (B, N_ct, C)."""
         x = self.pos_embed(x)
-        if is_concrete(*grid):
+        if is_static(*grid):
             # int(): TorchScript tracing records sizes as tensors, which its ONNX export cannot take as a kernel
             # size once the batch is dynamic; H and W are fixed in a traced graph anyway.
             kh, sh = map(int, ct_pool_geometry(grid[0], window[0], self.ct_size))
@@ -127,20 +129,22 @@ def propagate_carrier_tokens(ct: torch.Tensor, ct_size: int, window: tuple[int, 
     return up.flatten(2).transpose(1, 2)  # (B*nW, wh*ww, C)
 
 
-class WindowAttention(Attention):
-    """Attention over a token grid with a continuous relative position bias (`rel_pos`).
+# ------------------------------------------------------------------------------------------------ blocks
+class WindowAttention(AttentionProjections):
+    """Multi-head attention over a token grid with a continuous relative position bias (`rel_pos`; see
+    `AttentionProjections` for the arguments).
 
-    Tokens beyond the grid (carrier tokens prepended to a window) get zero bias.
+    Tokens in front of the grid's (carrier tokens prepended to a window) get zero bias. Key names (`qkv`, `proj`,
+    `rel_pos` for the official `pos_emb_funct`) follow the official checkpoints.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
-        super().__init__(dim, num_heads, qkv_bias)
+    def __init__(self, dim: int, num_heads: int, **kwargs: Any) -> None:
+        super().__init__(dim, num_heads, **kwargs)
         self.rel_pos = ContinuousRelativeBias(num_heads)
 
-    def forward(  # type: ignore[override]
-        self, x: torch.Tensor, grid: tuple[int, int], residual: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        return super().forward(x, self.rel_pos(grid, x.shape[1], x.device), residual)
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """x: (..., N, C) tokens whose last grid[0] * grid[1] lie on the grid -> (..., N, C)."""
+        return self.attention(x, self.rel_pos(grid, x.shape[-2]))  # bias (1, heads, N, N)
 
 
 def _layer_scale(dim: int, init: float | None) -> nn.Parameter | None:
@@ -154,11 +158,12 @@ def _scaled(y: torch.Tensor, gamma: nn.Parameter | None) -> torch.Tensor:
 class HATBlock(nn.Module):
     """One HAT block over window tokens (B*nW, w*w, C) and window-major carrier tokens (B, N_ct, C).
 
-    Without carrier tokens (`ct is None`, e.g. a single window) it is a plain window-attention block.
-    `mlp_ratio=0` leaves out both MLPs (window and carrier tokens): an attention-only block, for using HAT
-    as a token mixer inside blocks that bring their own MLP. `pos_embed=False` leaves out FasterViT's absolute
-    position MLPs (added to the window tokens and to the carrier tokens in every block), for host networks that
-    bring their own position encoding. Parameter names follow the official checkpoints.
+    Without carrier tokens (`ct is None`, e.g. a single window) it is a plain window-attention block. `mlp_ratio=0`
+    leaves out both MLPs (window and carrier tokens): an attention-only block, for using HAT as a token mixer inside
+    blocks that bring their own MLP. `pos_embed=False` leaves out FasterViT's absolute position MLPs (added to the
+    window tokens and to the carrier tokens in every block), for host networks that bring their own position
+    encoding. Layer scales (`gamma1`..`gamma4`) are parameters when `layer_scale` is given, else absent. Parameter
+    names follow the official checkpoints.
     """
 
     def __init__(
@@ -169,12 +174,15 @@ class HATBlock(nn.Module):
         ct_size: int = 2,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale: float | None = None,
         carrier_tokens: bool = True,
         propagate: bool = False,
         pos_embed: bool = True,
-        act_layer: type[nn.Module] = nn.GELU,
+        fused_attn: bool = False,
     ) -> None:
         super().__init__()
         if window_size < 1 or ct_size < 1:
@@ -183,37 +191,35 @@ class HATBlock(nn.Module):
         self.ct_size = ct_size
         self.propagate = propagate
         hidden = int(dim * mlp_ratio)
+        attention = dict(
+            num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
+            fused_attn=fused_attn,
+        )
         self.pos_embed = MlpPositionEmbedding(dim) if pos_embed else None
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, qkv_bias)
+        self.attn = WindowAttention(dim, **attention)
         self.norm2 = nn.LayerNorm(dim) if hidden else None
-        self.mlp = Mlp(dim, hidden, act_layer=act_layer) if hidden else None
+        self.mlp = Mlp(dim, hidden, drop=drop) if hidden else None
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.gamma3 = _layer_scale(dim, layer_scale)
         self.gamma4 = _layer_scale(dim, layer_scale) if hidden else None
         self.carrier_tokens = carrier_tokens
         if carrier_tokens:
             self.hat_norm1 = nn.LayerNorm(dim)
-            self.hat_attn = WindowAttention(dim, num_heads, qkv_bias)
+            self.hat_attn = WindowAttention(dim, **attention)
             self.hat_norm2 = nn.LayerNorm(dim) if hidden else None
-            self.hat_mlp = Mlp(dim, hidden, act_layer=act_layer) if hidden else None
+            self.hat_mlp = Mlp(dim, hidden, drop=drop) if hidden else None
             self.hat_pos_embed = MlpPositionEmbedding(dim) if pos_embed else None
             self.gamma1 = _layer_scale(dim, layer_scale)
             self.gamma2 = _layer_scale(dim, layer_scale) if hidden else None
 
-    def _add(self, x: torch.Tensor, branch: Callable[..., torch.Tensor], gamma: nn.Parameter | None) -> torch.Tensor:
-        """x + drop_path(gamma * branch(x)); at inference without layer scale the branch's last linear adds x."""
-        if gamma is None and not self.training:
-            return branch(x, residual=x)
-        return x + self.drop_path(_scaled(branch(x), gamma))
-
     def _global_ct_attention(self, ct: torch.Tensor, ct_grid: tuple[int, int]) -> torch.Tensor:
         """Carrier tokens of one image attend to each other; ct in raster order (B, N_ct, C)."""
         if self.hat_pos_embed is not None:
-            ct = ct + self.hat_pos_embed(ct_grid, ct.device, ct.dtype)
-        ct = self._add(ct, lambda t, **kw: self.hat_attn(self.hat_norm1(t), ct_grid, **kw), self.gamma1)
+            ct = ct + self.hat_pos_embed(ct_grid)
+        ct = ct + self.drop_path(_scaled(self.hat_attn(self.hat_norm1(ct), ct_grid), self.gamma1))
         if self.hat_mlp is not None:
-            ct = self._add(ct, lambda t, **kw: self.hat_mlp(self.hat_norm2(t), **kw), self.gamma2)
+            ct = ct + self.drop_path(_scaled(self.hat_mlp(self.hat_norm2(ct)), self.gamma2))
         return ct
 
     def forward(
@@ -222,14 +228,13 @@ class HATBlock(nn.Module):
         """x: (B*nW, w*w, C) windows; ct: (B, N_ct, C) window-major or None; grid: (nWh, nWw)."""
         w, c = self.window_size, self.ct_size
         if self.pos_embed is not None:
-            x = x + self.pos_embed((w, w), x.device, x.dtype)
+            x = x + self.pos_embed((w, w))
         if ct is not None:
-            ct_grid = (grid[0] * c, grid[1] * c)
-            ct = self._global_ct_attention(ct_to_raster(ct, grid, c), ct_grid)
+            ct = self._global_ct_attention(ct_to_raster(ct, grid, c), (grid[0] * c, grid[1] * c))
             x = torch.cat([ct_to_windows(ct, grid, c), x], dim=1)  # (B*nW, c*c + w*w, C)
-        x = self._add(x, lambda t, **kw: self.attn(self.norm1(t), (w, w), **kw), self.gamma3)
+        x = x + self.drop_path(_scaled(self.attn(self.norm1(x), (w, w)), self.gamma3))
         if self.mlp is not None:
-            x = self._add(x, lambda t, **kw: self.mlp(self.norm2(t), **kw), self.gamma4)
+            x = x + self.drop_path(_scaled(self.mlp(self.norm2(x)), self.gamma4))
         if ct is None:
             return x, None
         ct_w, x = x.split([c * c, w * w], dim=1)  # (B*nW, c*c, C), (B*nW, w*w, C)
@@ -238,21 +243,68 @@ class HATBlock(nn.Module):
         return x, ct_w.reshape(ct.shape)
 
 
+def hat_blocks(
+    dim: int,
+    num_heads: int,
+    window_size: int,
+    drop_path: Sequence[float],
+    propagate: bool,
+    **block_args: Any,
+) -> nn.ModuleList:
+    """One `HATBlock` per drop-path rate; with `propagate`, the last one propagates its carrier tokens."""
+    depth = len(drop_path)
+    return nn.ModuleList(
+        [
+            HATBlock(dim, num_heads, window_size, drop_path=rate, propagate=propagate and i == depth - 1, **block_args)
+            for i, rate in enumerate(drop_path)
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------- the mechanism
+def hierarchical_attention(
+    x: torch.Tensor,
+    blocks: Sequence[nn.Module],
+    tokenizer: CarrierTokenInit | None,
+    window_size: int,
+    grad_checkpointing: bool = False,
+) -> torch.Tensor:
+    """HAT on a (B, C, H, W) map of any size -> (B, C, H, W) with channels-last strides.
+
+    1. zero-pad at the bottom/right to window multiples;
+    2. initialise c x c carrier tokens per window (`tokenizer`), unless the map fits in one window, which has no
+       other window to exchange information with (then, as in the official code, no carrier tokens);
+    3. run the HAT blocks on the windows and their carrier tokens (the carrier tokens persist from block to block);
+    4. put the windows back together and crop the padding.
+    """
+    B, _, H, W = x.shape
+    w = window_size
+    x = pad_nchw(x, (w, w))  # (B, C, Hp, Wp)
+    Hp, Wp = x.shape[2:]
+    grid = (Hp // w, Wp // w)
+    ct = None
+    if tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
+        ct = tokenizer(x, grid, (w, w))  # (B, N_ct, C) window-major
+    x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
+    for blk in blocks:
+        x, ct = call_block(blk, x, ct, grid, checkpointing=grad_checkpointing)
+    x = window_reverse(x, (w, w), (Hp, Wp), B)  # (B, Hp, Wp, C)
+    if not is_static(H, W):  # symbolic sizes: crop for every size, as `pad_nchw` pads
+        return crop_nhwc(x, (H, W)).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
+    x = x.permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
+    if (Hp, Wp) != (H, W):
+        x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
+    return x
+
+
 class HAT2d(Attention2d):
     """Hierarchical attention (FasterViT) over a feature map of any H x W: the 2-D layer form of HAT.
 
-    The map is zero-padded at the bottom/right to window multiples, carrier tokens are initialised from it
-    (`CarrierTokenInit`: c x c per window), the windows and their carrier tokens go through `depth` HAT
-    blocks (the carrier tokens persist from block to block), the last block optionally propagates the
-    carrier tokens back into the windows, and the map is cropped back. A map that fits in one window has
-    no other window to exchange information with: it runs without carrier tokens.
-
-    The defaults make a token mixer for other networks: one attention-only block (`mlp_ratio=0`) without
-    FasterViT's absolute position MLPs (`pos_embed=False`: the host network brings its own position
-    encoding; in the long-range ablation of docs/attention.md these MLPs, re-added in every block, kept a
-    small network from learning anything across windows). HAT
-    blocks are pre-norm residual blocks, so `residual` is True: use the layer as `x = layer(x)`, not
-    `x + layer(norm(x))`. FasterViT's stages are this layer with `depth` full blocks plus a downsampler.
+    `hierarchical_attention` with `depth` HAT blocks. The defaults make a token mixer for other networks: one
+    attention-only block (`mlp_ratio=0`) without FasterViT's absolute position MLPs (`pos_embed=False`: the host
+    network brings its own position encoding; in the long-range ablation of docs/attention.md these MLPs, re-added
+    in every block, kept a small network from learning anything across windows). HAT blocks are pre-norm residual
+    blocks, so `residual` is True: use the layer as `x = layer(x)`, not `x + layer(norm(x))`.
 
     Args:
         dim: channels of input and output.
@@ -267,6 +319,7 @@ class HAT2d(Attention2d):
         carrier_tokens: False gives plain window-attention blocks.
         propagate: the last block adds its carrier tokens back into the window tokens.
         pos_embed: FasterViT's absolute position MLPs in every block (window and carrier tokens).
+        fused_attn: `F.scaled_dot_product_attention` instead of the plain matmul-softmax path.
         channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
     """
 
@@ -288,6 +341,7 @@ class HAT2d(Attention2d):
         carrier_tokens: bool = True,
         propagate: bool = True,
         pos_embed: bool = False,
+        fused_attn: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
@@ -295,47 +349,13 @@ class HAT2d(Attention2d):
         if len(rates) != depth:
             raise ValueError(f"HAT2d: {len(rates)} drop_path rates for depth={depth}")
         self.window_size = window_size
-        self.blocks = nn.ModuleList(
-            [
-                HATBlock(
-                    dim,
-                    num_heads,
-                    window_size,
-                    ct_size=ct_size,
-                    mlp_ratio=mlp_ratio,
-                    qkv_bias=qkv_bias,
-                    drop_path=rates[i],
-                    layer_scale=layer_scale,
-                    carrier_tokens=carrier_tokens,
-                    propagate=propagate and i == depth - 1,
-                    pos_embed=pos_embed,
-                )
-                for i in range(depth)
-            ]
+        self.blocks = hat_blocks(
+            dim, num_heads, window_size, rates, propagate, ct_size=ct_size, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+            layer_scale=layer_scale, carrier_tokens=carrier_tokens, pos_embed=pos_embed, fused_attn=fused_attn,
         )
         self.global_tokenizer = CarrierTokenInit(dim, ct_size) if carrier_tokens else None
         self.grad_checkpointing = False
 
     def forward_map(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) -> (B, C, H, W) with channels-last strides."""
-        B, _, H, W = x.shape
-        w = self.window_size
-        x = pad_nchw(x, (w, w))  # (B, C, Hp, Wp)
-        Hp, Wp = x.shape[2:]
-        grid = (Hp // w, Wp // w)
-        ct = None
-        if self.global_tokenizer is not None and (grid[0] > 1 or grid[1] > 1):
-            ct = self.global_tokenizer(x, grid, (w, w))  # (B, N_ct, C) window-major
-        x = window_partition(x.permute(0, 2, 3, 1), (w, w))  # (B*nW, w*w, C)
-        for blk in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, ct = checkpoint(blk, x, ct, grid)
-            else:
-                x, ct = blk(x, ct, grid)
-        x = window_reverse(x, (w, w), (Hp, Wp), B)  # (B, Hp, Wp, C)
-        if not is_concrete(H, W):  # symbolic sizes: crop for every size, as `pad_nchw` pads
-            return crop_nhwc(x, (H, W)).permute(0, 3, 1, 2)  # (B, C, H, W), channels-last strides
-        x = x.permute(0, 3, 1, 2)  # (B, C, Hp, Wp), channels-last strides
-        if (Hp, Wp) != (H, W):
-            x = x[:, :, :H, :W].contiguous()  # (B, C, H, W)
-        return x
+        return hierarchical_attention(x, self.blocks, self.global_tokenizer, self.window_size, self.grad_checkpointing)

@@ -23,10 +23,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .attention import cross_attention, multi_head_attention
 from .attention2d import Attention2d
-from .fused import Linear
 from .windows import pad_nhwc, window_partition, window_reverse
 
 __all__ = ["HiLo", "hilo_head_split"]
@@ -55,6 +55,7 @@ class HiLo(Attention2d):
         alpha: fraction of Lo-Fi heads (see `hilo_head_split`).
         qkv_bias: biases on the query/key/value projections (the output projections always have one).
         qk_scale: attention scale, default head_dim ** -0.5.
+        fused_attn: `F.scaled_dot_product_attention` instead of the plain matmul-softmax path.
         channels_last: the layout of 4-D input and output, (B, H, W, C) if True, else (B, C, H, W).
 
     Parameter names (`l_q`, `l_kv`, `l_proj`, `h_qkv`, `h_proj`) follow the official checkpoints; a group's
@@ -71,6 +72,7 @@ class HiLo(Attention2d):
         alpha: float = 0.5,
         qkv_bias: bool = False,
         qk_scale: float | None = None,
+        fused_attn: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
@@ -85,16 +87,17 @@ class HiLo(Attention2d):
         self.window_size = window_size
         self.alpha = alpha
         self.scale = qk_scale or self.head_dim**-0.5  # one scale for both groups
+        self.fused_attn = fused_attn
         self.lofi_heads, self.hifi_heads = hilo_head_split(num_heads, alpha, window_size)
         self.lofi_dim = self.lofi_heads * self.head_dim
         self.hifi_dim = self.hifi_heads * self.head_dim
         if self.lofi_heads:
-            self.l_q = Linear(dim, self.lofi_dim, bias=qkv_bias)
-            self.l_kv = Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
-            self.l_proj = Linear(self.lofi_dim, self.lofi_dim)
+            self.l_q = nn.Linear(dim, self.lofi_dim, bias=qkv_bias)
+            self.l_kv = nn.Linear(dim, 2 * self.lofi_dim, bias=qkv_bias)
+            self.l_proj = nn.Linear(self.lofi_dim, self.lofi_dim)
         if self.hifi_heads:
-            self.h_qkv = Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
-            self.h_proj = Linear(self.hifi_dim, self.hifi_dim)
+            self.h_qkv = nn.Linear(dim, 3 * self.hifi_dim, bias=qkv_bias)
+            self.h_proj = nn.Linear(self.hifi_dim, self.hifi_dim)
 
     def extra_repr(self) -> str:
         return (
@@ -107,7 +110,9 @@ class HiLo(Attention2d):
         _, Hp, Wp, _ = x.shape
         s = self.window_size
         win = window_partition(x.contiguous(), (s, s))  # (B*nW, s*s, C)
-        out = multi_head_attention(win, self.h_qkv, self.h_proj, self.hifi_heads, self.scale)  # (B*nW, s*s, hifi_dim)
+        out = multi_head_attention(
+            win, self.h_qkv, self.h_proj, self.hifi_heads, self.scale, fused=self.fused_attn
+        )  # (B*nW, s*s, hifi_dim)
         return window_reverse(out, (s, s), (Hp, Wp))  # (B, Hp, Wp, hifi_dim)
 
     def _lofi(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +124,9 @@ class HiLo(Attention2d):
             # Pool the input, then project: equal to project-then-pool, and bit-exact with the official order.
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.window_size)  # (B, C, Hp/s, Wp/s)
             context = pooled.flatten(2).transpose(1, 2)  # (B, Nk, C)
-        out = cross_attention(tokens, context, self.l_q, self.l_kv, self.l_proj, self.lofi_heads, self.scale)
+        out = cross_attention(
+            tokens, context, self.l_q, self.l_kv, self.l_proj, self.lofi_heads, self.scale, self.fused_attn
+        )  # (B, N, lofi_dim)
         return out.view(B, Hp, Wp, self.lofi_dim)  # (B, Hp, Wp, lofi_dim)
 
     def forward(self, x: torch.Tensor, H: int | None = None, W: int | None = None) -> torch.Tensor:

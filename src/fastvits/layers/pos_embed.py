@@ -1,17 +1,15 @@
-"""MLP position encodings of FasterViT (SwinV2-style continuous position bias).
+"""MLP position encodings of FasterViT (SwinV2-style continuous position bias), computed in forward.
 
-Both encodings are functions of the grid size only, so one module serves every input size: the
-grid is derived from the actual input at run time. On square grids they reproduce the official
-tables bit for bit; on rectangular grids each axis is normalised by its own extent (the official
-code has no rectangular case).
+Both encodings are functions of the grid size only, so one module serves every input size: the grid is derived
+from the actual input at run time, as the official code computes them from its construction size. On square grids
+they reproduce the official tables bit for bit; on rectangular grids each axis is normalised by its own extent (the
+official code has no rectangular case). `fastvits.optimize_for_inference` turns them into per-size buffers.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-from .cache import CachedByInput, cached_constant
 
 __all__ = [
     "ContinuousRelativeBias",
@@ -22,12 +20,7 @@ __all__ = [
     "relative_position_index",
 ]
 
-# Expanded (heads, N, N) biases up to this many elements are cached whole; larger ones (the 21K
-# models' 48x48 windows: 16 x 2304 x 2304) keep only the compact table and gather on every call.
-FULL_BIAS_CACHE_LIMIT = 1 << 20
 
-
-@cached_constant(maxsize=64)
 def relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
     """((2h-1) * (2w-1), 2) log-spaced relative coordinates (row offset, column offset)."""
     dh = torch.arange(-(h - 1), h, dtype=torch.float32, device=device)
@@ -37,10 +30,9 @@ def relative_coords_table(h: int, w: int, device: torch.device) -> torch.Tensor:
     table[..., 1] /= max(w - 1, 1)
     table *= 8
     table = torch.sign(table) * torch.log2(torch.abs(table) + 1.0) / 3.0  # log2(8) = 3
-    return table.reshape(-1, 2)
+    return table.reshape(-1, 2)  # ((2h-1)*(2w-1), 2)
 
 
-@cached_constant(maxsize=64)
 def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tensor:
     """(h*w, h*w) index into the coordinate table for every (query, key) pair, row-major tokens."""
     coords = torch.stack(
@@ -53,8 +45,8 @@ def relative_position_index(h: int, w: int, device: torch.device) -> torch.Tenso
 def gather_relative_bias(table: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """(heads, h*w, h*w) bias of every (query, key) pair of an h x w grid from a ((2h-1)*(2w-1), heads) table.
 
-    The table is indexed by relative offset as in Swin (`relative_position_index`), so Swin's learned
-    tables (timm's `relative_position_bias_table`) and FasterViT's MLP-generated ones share this lookup.
+    The table is indexed by relative offset as in Swin (`relative_position_index`), so Swin's learned tables
+    (timm's `relative_position_bias_table`) and FasterViT's MLP-generated ones share this lookup.
     """
     n = grid[0] * grid[1]
     index = relative_position_index(grid[0], grid[1], table.device)
@@ -69,11 +61,10 @@ def prepend_zero_bias(bias: torch.Tensor, extra: int) -> torch.Tensor:
     return nn.functional.pad(bias, (extra, 0, extra, 0)) if extra else bias
 
 
-class ContinuousRelativeBias(CachedByInput):
+class ContinuousRelativeBias(nn.Module):
     """Per-head attention bias `16 * sigmoid(MLP(log-spaced relative coordinates))` for an h x w grid.
 
-    `seq_len` larger than h*w prepends tokens with zero bias (FasterViT's carrier tokens in front of
-    each window).
+    `seq_len` larger than h*w prepends tokens with zero bias (FasterViT's carrier tokens in front of each window).
     """
 
     def __init__(self, num_heads: int, hidden_dim: int = 512) -> None:
@@ -83,29 +74,22 @@ class ContinuousRelativeBias(CachedByInput):
             nn.Linear(2, hidden_dim, bias=True), nn.ReLU(inplace=True), nn.Linear(hidden_dim, num_heads, bias=False)
         )
 
-    def _table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
-        coords = relative_coords_table(grid[0], grid[1], device).to(self.cpb_mlp[0].weight.dtype)
-        return 16 * torch.sigmoid(self.cpb_mlp(coords))  # ((2h-1)*(2w-1), heads)
+    def table(self, grid: tuple[int, int]) -> torch.Tensor:
+        """((2h-1)*(2w-1), heads): the bias of every relative offset on the grid."""
+        weight = self.cpb_mlp[0].weight
+        coords = relative_coords_table(grid[0], grid[1], weight.device).to(weight.dtype)
+        return 16 * torch.sigmoid(self.cpb_mlp(coords))
 
-    def _expand(self, table: torch.Tensor, grid: tuple[int, int], seq_len: int) -> torch.Tensor:
-        bias = prepend_zero_bias(gather_relative_bias(table, grid), seq_len - grid[0] * grid[1])  # (heads, N, N)
-        return bias.unsqueeze(0).contiguous()  # (1, heads, N, N)
-
-    def forward(self, grid: tuple[int, int], seq_len: int, device: torch.device) -> torch.Tensor:
-        if self.computes_in_graph():  # sizes stay symbolic under torch.compile(dynamic=True)
-            return self._expand(self._table(grid, device), grid, seq_len)
-        grid = (int(grid[0]), int(grid[1]))
-        if self.num_heads * seq_len * seq_len <= FULL_BIAS_CACHE_LIMIT:
-            key = ("full", grid, seq_len, device)
-            return self.cached(key, lambda: self._expand(self._table(grid, device), grid, seq_len))
-        table = self.cached(("table", grid, device), lambda: self._table(grid, device))
-        return self._expand(table, grid, seq_len)
+    def forward(self, grid: tuple[int, int], seq_len: int) -> torch.Tensor:
+        """(1, heads, seq_len, seq_len) bias; the first seq_len - h*w tokens (carrier tokens) get zero bias."""
+        bias = gather_relative_bias(self.table(grid), grid)  # (heads, h*w, h*w)
+        return prepend_zero_bias(bias, seq_len - grid[0] * grid[1]).unsqueeze(0)  # (1, heads, N, N)
 
 
-class MlpPositionEmbedding(CachedByInput):
+class MlpPositionEmbedding(nn.Module):
     """Absolute position embedding `MLP(normalised (row, col))` for an h x w token grid -> (1, h*w, dim).
 
-    Coordinates are `(a - n//2) / (n//2)` per axis, computed in the working dtype.
+    Coordinates are `(a - n//2) / (n//2)` per axis.
     """
 
     def __init__(self, dim: int, hidden_dim: int = 512) -> None:
@@ -114,18 +98,13 @@ class MlpPositionEmbedding(CachedByInput):
             nn.Linear(2, hidden_dim, bias=True), nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim, bias=False)
         )
 
-    def _compute(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    def forward(self, grid: tuple[int, int]) -> torch.Tensor:
+        weight = self.cpb_mlp[0].weight
         axes = []
         for n in grid:
-            a = torch.arange(0, n, device=device, dtype=dtype)
+            a = torch.arange(0, n, device=weight.device, dtype=weight.dtype)
             a -= n // 2
             a /= max(n // 2, 1)
             axes.append(a)
         coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)  # (1, 2, h, w)
         return self.cpb_mlp(coords.flatten(2).transpose(1, 2))  # (1, h*w, dim)
-
-    def forward(self, grid: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        if self.computes_in_graph():  # sizes stay symbolic under torch.compile(dynamic=True)
-            return self._compute(grid, device, dtype)
-        grid = (int(grid[0]), int(grid[1]))
-        return self.cached((grid, device, dtype), lambda: self._compute(grid, device, dtype))

@@ -27,13 +27,21 @@ class SpatialReductionAttention2d(Attention2d):
         num_heads: attention heads.
         sr_ratio: kernel and stride of the reducing convolution; 1 is plain global attention.
         qkv_bias: biases on the query and key/value projections.
+        fused_attn: `F.scaled_dot_product_attention` instead of the plain matmul-softmax path.
         channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
 
     Parameter names (`q`, `kv`, `proj`, `sr`, `norm`) follow PVT.
     """
 
     def __init__(
-        self, dim: int, num_heads: int = 8, *, sr_ratio: int = 2, qkv_bias: bool = True, channels_last: bool = False
+        self,
+        dim: int,
+        num_heads: int = 8,
+        *,
+        sr_ratio: int = 2,
+        qkv_bias: bool = True,
+        fused_attn: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
         if dim % num_heads:
@@ -43,6 +51,7 @@ class SpatialReductionAttention2d(Attention2d):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.sr_ratio = sr_ratio
+        self.fused_attn = fused_attn
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -62,5 +71,7 @@ class SpatialReductionAttention2d(Attention2d):
             r = self.sr_ratio
             reduced = self.sr(pad_nchw(x.permute(0, 3, 1, 2), (r, r)))  # (B, C, ceil(H/r), ceil(W/r))
             context = self.norm(reduced.flatten(2).transpose(1, 2))  # (B, M, C)
-        out = cross_attention(tokens, context, self.q, self.kv, self.proj, self.num_heads, self.scale)
+        out = cross_attention(
+            tokens, context, self.q, self.kv, self.proj, self.num_heads, self.scale, self.fused_attn
+        )  # (B, N, C)
         return out.view(B, H, W, C)

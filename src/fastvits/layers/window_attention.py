@@ -30,6 +30,7 @@ class WindowAttention2d(Attention2d):
         window_size: side of the square windows.
         shift_size: cyclic shift of the windows (Swin uses window_size // 2 in every other block), 0 for none.
         qkv_bias: biases on the query/key/value projection.
+        fused_attn: `F.scaled_dot_product_attention` instead of the plain matmul-softmax path.
         channels_last: (B, H, W, C) input and output if True, else (B, C, H, W).
 
     Parameter names (`attn.qkv`, `attn.proj`, `relative_position_bias_table`) mirror Swin's.
@@ -43,6 +44,7 @@ class WindowAttention2d(Attention2d):
         window_size: int = 7,
         shift_size: int = 0,
         qkv_bias: bool = True,
+        fused_attn: bool = False,
         channels_last: bool = False,
     ) -> None:
         super().__init__(dim, channels_last)
@@ -54,7 +56,7 @@ class WindowAttention2d(Attention2d):
             )
         self.window_size = window_size
         self.shift_size = shift_size
-        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias, fused_attn=fused_attn)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 

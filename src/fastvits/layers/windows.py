@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
-from .cache import cached_constant, is_concrete
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 __all__ = [
     "crop_nhwc",
+    "is_static",
     "pad_amount",
     "pad_nchw",
     "pad_nhwc",
@@ -22,6 +22,24 @@ __all__ = [
     "window_partition",
     "window_reverse",
 ]
+
+
+def is_static(*sizes: int) -> bool:
+    """False if a size is symbolic (`torch.compile(dynamic=True)`, `torch.export` with dynamic shapes), True for
+    plain ints (eager, static graphs, TorchScript).
+
+    Layers use the forms that serve every size of a symbolic graph (pad by a possibly zero amount, crop by a
+    gather, pool by matrix products) only where sizes are symbolic, and the official ops elsewhere. torch.export
+    hands the model `torch.SymInt`s; inside torch.compile's dynamo a symbolic size does not show as one
+    (`isinstance(n, torch.SymInt)` is False there), but nothing can be proved about it without a guard: an int is
+    even or odd, a symbol is neither as far as `statically_known_true` is concerned (one of provable parity, such as
+    2 * k, counts as static under dynamo and costs a recompilation per value, never a wrong result).
+    """
+    if not torch.compiler.is_compiling():
+        return True
+    if any(isinstance(n, torch.SymInt) for n in sizes):
+        return False
+    return all(statically_known_true(n % 2 == 0) or statically_known_true(n % 2 == 1) for n in sizes)
 
 
 def pad_amount(size: int, multiple: int) -> int:
@@ -37,7 +55,7 @@ def _must_pad(ph: int, pw: int) -> bool:
     """Whether to pad by (ph, pw). With symbolic sizes (`torch.compile(dynamic=True)`) always, possibly by zero: the
     padded size is then `windows x window` for every input size, a product that the reshapes into windows divide
     exactly, instead of a case split on the size (hence the symbolic check first: `ph or pw` would be a guard)."""
-    return not is_concrete(ph, pw) or bool(ph or pw)
+    return not is_static(ph, pw) or bool(ph or pw)
 
 
 def pad_nhwc(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
@@ -94,8 +112,15 @@ def window_reverse(
     return x.permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)  # (B, H, W, C)
 
 
-@cached_constant(maxsize=32)
-def _shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
+def shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
+    """(nW, w*w, w*w) additive mask (0 or -inf) for window attention on an H x W map, or None if nothing is masked.
+
+    The map is zero-padded at the bottom/right to window multiples, then cyclically shifted up and left by
+    `shift` (Swin's shifted windows). A token attends only to tokens of its own region: the rows and
+    columns the shift wrapped around are cut off from the others, as in Swin, and padding is cut off
+    from real tokens, so the output on real tokens does not depend on the padding. Every token keeps at
+    least itself, so no row of the mask is all -inf.
+    """
     H, W = size
     Hp, Wp = H + pad_amount(H, window), W + pad_amount(W, window)
     if not shift and (Hp, Wp) == (H, W):
@@ -111,15 +136,3 @@ def _shifted_window_mask(size: tuple[int, int], window: int, shift: int, device:
     different = windows[:, :, None] != windows[:, None, :]  # (nW, w*w, w*w)
     return torch.zeros(different.shape, device=device).masked_fill(different, float("-inf"))
 
-
-def shifted_window_mask(size: tuple[int, int], window: int, shift: int, device: torch.device) -> torch.Tensor | None:
-    """(nW, w*w, w*w) additive mask (0 or -inf) for window attention on an H x W map, or None if nothing is masked.
-
-    The map is zero-padded at the bottom/right to window multiples, then cyclically shifted up and left by
-    `shift` (Swin's shifted windows). A token attends only to tokens of its own region: the rows and
-    columns the shift wrapped around are cut off from the others, as in Swin, and padding is cut off
-    from real tokens, so the output on real tokens does not depend on the padding. Every token keeps at
-    least itself, so no row of the mask is all -inf.
-    """
-    args = ((int(size[0]), int(size[1])), int(window), int(shift), device)
-    return _shifted_window_mask(*args)

@@ -1,4 +1,4 @@
-"""What every fastvits model family shares: input validation, the timm protocol, pretrained cfgs, registration."""
+"""What every fastvits model family shares: input validation, stages, the timm protocol, pretrained weights."""
 
 from __future__ import annotations
 
@@ -6,22 +6,26 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import timm
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, register_model
+from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 
-from ..checkpoint import convert_state_dict, load_checkpoint
+from ..checkpoint import CheckpointError, convert_state_dict, load_checkpoint
+from ..layers import call_block
+from ..layers.inference_form import InferenceForm
 
 __all__ = [
     "MIN_INPUT_SIZE",
+    "Stage",
     "StagedModel",
     "autocast_enabled",
     "base_cfg",
+    "build_model",
     "check_image_input",
     "init_linear",
-    "register_variants",
     "stage_drop_path_rates",
 ]
 
@@ -84,6 +88,33 @@ def stage_drop_path_rates(drop_path_rate: float, depths: Sequence[int]) -> list[
     return [rates[sum(depths[:i]) : sum(depths[: i + 1])] for i in range(len(depths))]
 
 
+# ------------------------------------------------------------------------------------------------ stages
+class Stage(InferenceForm, nn.Module):
+    """Blocks at one resolution (`forward_blocks`), then an optional downsampler (`downsample`, None for none).
+
+    `forward(x, downsample)` returns (output before the downsampler, output after it): the stage output is what a
+    detector takes as the feature map of this stride, the downsampled one feeds the next stage.
+    """
+
+    downsample: nn.Module | None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    def call_block(self, block: nn.Module, *args: Any) -> Any:
+        """`block(*args)`, recomputed in the backward pass when gradient checkpointing is on."""
+        return call_block(block, *args, checkpointing=self.grad_checkpointing)
+
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.forward_blocks(x)
+        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
+
+
+# ---------------------------------------------------------------------------------------- timm protocol
 def _check_global_pool(global_pool: str, num_classes: int) -> None:
     if global_pool not in ("avg", ""):
         raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
@@ -94,79 +125,29 @@ def _check_global_pool(global_pool: str, num_classes: int) -> None:
         )
 
 
-def base_cfg(url: str, **kwargs: Any) -> dict[str, Any]:
-    """Pretrained-cfg fields shared by every fastvits model; weights load through `fastvits.load_checkpoint`."""
-    return {
-        "url": url,
-        "custom_load": True,
-        "num_classes": 1000,
-        "input_size": (3, 224, 224),
-        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
-        "pool_size": (7, 7),
-        "fixed_input_size": False,
-        "crop_mode": "center",
-        "interpolation": "bicubic",
-        "mean": IMAGENET_DEFAULT_MEAN,
-        "std": IMAGENET_DEFAULT_STD,
-        "classifier": "head",
-        **kwargs,
-    }
-
-
-def register_variants(model_cls: type[nn.Module], variants: dict[str, tuple[dict[str, Any], float, dict]]) -> None:
-    """Register one timm entrypoint per variant: `name(pretrained=False, **overrides)`.
-
-    Weights from any source timm resolves (url, `pretrained_cfg_overlay=dict(file=...)`) pass through
-    `convert_state_dict`, which converts official layouts and refuses anything but an exact fit (a new
-    classifier excepted), so timm's own non-strict fallback never hides a mismatch.
-    """
-    for name, (args, _, _) in variants.items():
-
-        def entrypoint(pretrained: bool = False, _name: str = name, _args: dict = args, **kwargs: Any) -> nn.Module:
-            return build_model_with_cfg(
-                model_cls,
-                _name,
-                pretrained,
-                # timm adapts the input conv to `in_chans` itself, after this filter
-                pretrained_filter_fn=partial(convert_state_dict, adapt_input_conv=False),
-                feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
-                **dict(_args, **kwargs),
-            )
-
-        entrypoint.__name__ = entrypoint.__qualname__ = name
-        entrypoint.__module__ = model_cls.__module__
-        entrypoint.__doc__ = f"{model_cls.__name__} variant `{name}`."
-        register_model(entrypoint)
-
-
 class StagedModel(nn.Module):
     """The timm model protocol shared by the four-stage families.
 
-    Subclasses call `_init_classifier` first, then build `patch_embed` and a ModuleList of stages under the
-    attribute named by `stage_attr` (`levels` or `layers`, as in the official checkpoints) whose
-    forward(x, downsample=True) returns (output before the downsampler, output after it), then `_build_head`;
+    Subclasses call `_init_classifier` first, then build `patch_embed` and a ModuleList of `Stage`s under the
+    attribute named by `stage_attr` (`levels` or `layers`, as in the official checkpoints), then `_build_head`;
     they provide `final_norm` and `forward_head`.
     """
 
     stage_attr = "stages"
 
-    def _init_classifier(
-        self, in_chans: int, num_classes: int, global_pool: str, drop_rate: float, num_features: int
-    ) -> None:
+    def _init_classifier(self, in_chans: int, num_classes: int, global_pool: str, num_features: int) -> None:
         """The attributes of timm's model protocol, set before the network is built."""
         _check_global_pool(global_pool, num_classes)
         self.in_chans = in_chans
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.drop_rate = drop_rate
         self.num_features = self.head_hidden_size = num_features
         self.grad_checkpointing = False
         self.feature_info: list[dict[str, Any]] = []
 
     def _build_head(self, norm: nn.Module) -> None:
-        """The final norm, the dropout and the classifier, after the stages."""
+        """The final norm and the classifier, after the stages."""
         self.norm = norm
-        self.head_drop = nn.Dropout(self.drop_rate)
         self.reset_classifier(self.num_classes)
 
     @property
@@ -253,3 +234,72 @@ class StagedModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# ------------------------------------------------------------------------------------- pretrained weights
+def base_cfg(**kwargs: Any) -> dict[str, Any]:
+    """Pretrained-cfg fields shared by every fastvits model.
+
+    Weights come from the Hugging Face Hub (`hf_hub_id` and `hf_hub_filename`, through huggingface_hub: its cache,
+    `HF_HUB_OFFLINE`, resumable downloads), a `url`, or a local `file` (`pretrained_cfg_overlay=dict(file=...)`), and
+    load through `fastvits.load_checkpoint` (timm's `custom_load` hook), which converts official layouts, keeps a
+    classifier that fits and says so when it resets one.
+    """
+    return {
+        "custom_load": "hf",
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "min_input_size": (3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+        "pool_size": (7, 7),
+        "fixed_input_size": False,
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+def _weights_source(variant: str, overlay: dict[str, Any] | None) -> str:
+    """Where pretrained weights for `variant` come from, in words (for error messages)."""
+    cfg = {**timm.models.get_pretrained_cfg(variant).to_dict(), **(overlay or {})}
+    if cfg.get("file"):
+        return f"the file {cfg['file']}"
+    if cfg.get("hf_hub_id"):
+        return f"{cfg.get('hf_hub_filename', 'the weights')} from the Hugging Face Hub repository {cfg['hf_hub_id']}"
+    return f"{cfg.get('url')}"
+
+
+def build_model(model_cls: type[nn.Module], variant: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """timm's `build_model_with_cfg` for a fastvits variant, with four feature maps for `features_only`.
+
+    Weights from any source timm resolves load through `fastvits.load_checkpoint` (see `base_cfg`): a local file
+    given as `pretrained_cfg_overlay=dict(file=...)` too, where timm would otherwise read it itself and drop a
+    classifier whose width differs from the pretrained cfg's, silently, even one that fits the model. A download that
+    fails (no network, `HF_HUB_OFFLINE=1` without a cached copy) is a `CheckpointError` naming the file and how to
+    load a local copy.
+    """
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
+    try:
+        return build_model_with_cfg(
+            model_cls,
+            variant,
+            pretrained,
+            # timm adapts the input conv to `in_chans` itself, after this filter
+            pretrained_filter_fn=partial(convert_state_dict, adapt_input_conv=False),
+            feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+            **kwargs,
+        )
+    except OSError as e:
+        if not pretrained:
+            raise
+        source = _weights_source(variant, kwargs.get("pretrained_cfg_overlay"))
+        raise CheckpointError(
+            f"{variant}: could not fetch or read the pretrained weights, {source} ({type(e).__name__}: {e}). "
+            f"Without a network, download the file elsewhere, then load the local copy with "
+            f"create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file='PATH')) or "
+            f"fastvits.load_checkpoint(model, 'PATH')."
+        ) from e

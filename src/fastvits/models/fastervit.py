@@ -1,40 +1,38 @@
 """FasterViT (Hatamizadeh et al., ICLR 2024): conv stages, then Hierarchical Attention (HAT) stages.
 
-Written from the paper and the published architecture facts; parameter names follow the official
-checkpoints so they load directly (see `fastvits.checkpoint`). Every model is dynamic: one instance
-runs any H x W >= 32. Transformer stages pad their map at the bottom/right to window multiples, and
-the carrier-token grid, its pooling and every position encoding are derived from the actual input.
-On inputs the official code accepts with a square window grid, the outputs equal the official ones;
-on non-square window grids carrier tokens keep their true 2-D layout (the official code scrambles
+Read top to bottom: the conv block, stem and downsampler, the two stage kinds, the model, checkpoint conversion,
+pretrained configs, and one registered function per variant. The HAT block itself is `fastvits.layers.hat`.
+
+Written from the paper and the published architecture facts; parameter names follow the official checkpoints so
+they load directly. Every model is dynamic: one instance runs any H x W >= 32. Transformer stages pad their map at
+the bottom/right to window multiples, and the carrier-token grid, its pooling and every position encoding are
+derived from the actual input. On inputs the official code accepts with a square window grid, the outputs equal the
+official ones; on non-square window grids carrier tokens keep their true 2-D layout (the official code scrambles
 them, see docs/fastervit.md).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, LayerNorm2d
-from timm.models import checkpoint, generate_default_cfgs
+from timm.models import generate_default_cfgs, register_model
 
 from ..checkpoint import CheckpointError, register_checkpoint_filter
-from ..fuse import folded_conv
-from ..layers import HAT2d
-from ..layers.cache import CachedByInput
-from ..layers.fused import Conv2d, conv2d_fused, fusable, pack_conv_weight
-from ._common import StagedModel, base_cfg, init_linear, register_variants, stage_drop_path_rates
+from ..layers import CarrierTokenInit, hat_blocks, hierarchical_attention
+from ..layers.inference_form import InferenceForm
+from ._common import Stage, StagedModel, base_cfg, build_model, init_linear, stage_drop_path_rates
 
-__all__ = ["FasterViT"]
+__all__ = ["ConvBlock", "Downsample", "FasterViT", "IMAGENET_TOP1", "Stem", "official_state_dict"]
 
 
-class ConvBlock(CachedByInput):
-    """Residual block: 3x3 conv, BN, GELU, 3x3 conv, BN, optional layer scale.
-
-    At inference on a CPU (`fastvits.layers.fused`) it runs as two oneDNN convolutions on channels-last maps,
-    with both BatchNorms and the layer scale folded into cached weights, GELU and the residual add fused.
-    """
+# -------------------------------------------------------------------------------------------------- blocks
+class ConvBlock(nn.Module):
+    """Residual block: 3x3 conv, BN, GELU, 3x3 conv, BN, optional layer scale."""
 
     def __init__(self, dim: int, drop_path: float = 0.0, layer_scale: float | None = None) -> None:
         super().__init__()
@@ -47,55 +45,14 @@ class ConvBlock(CachedByInput):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self, x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            w1, b1, w2, b2 = self.cached_eager("packed", lambda: self._packed(x.shape))
-            y = conv2d_fused(x, w1, b1, self.conv1, act="gelu")
-            return conv2d_fused(y, w2, b2, self.conv2, residual=x)
         y = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
         if self.gamma is not None:
             y = y * self.gamma.view(1, -1, 1, 1)
         return x + self.drop_path(y)
 
-    def _folded(self) -> tuple[torch.Tensor, ...]:
-        """(w1, b1, w2, b2): both convs with their BatchNorm, the second with the layer scale, folded in."""
-        return (*folded_conv(self.conv1, self.norm1), *folded_conv(self.conv2, self.norm2, self.gamma))
 
-    def _packed(self, input_size: Sequence[int]) -> tuple[torch.Tensor, ...]:
-        w1, b1, w2, b2 = self._folded()
-        return pack_conv_weight(w1, self.conv1, input_size), b1, pack_conv_weight(w2, self.conv2, input_size), b2
-
-    def fuse(self) -> ConvBlock:
-        """Fold both BatchNorms and the layer scale into the convs (eval only; see `fastvits.fuse`)."""
-        w1, b1, w2, b2 = self._folded()
-        self.conv1.weight, self.conv1.bias = nn.Parameter(w1), nn.Parameter(b1)
-        self.conv2.weight, self.conv2.bias = nn.Parameter(w2), nn.Parameter(b2)
-        self.norm1, self.norm2, self.gamma = nn.Identity(), nn.Identity(), None
-        self.clear_cache()
-        return self
-
-
-class Downsample(nn.Module):
-    """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage).
-
-    At inference on a CPU the conv runs on channels-last maps with a packed copy of its weight (`fused.Conv2d`).
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = LayerNorm2d(dim, eps=1e-6)
-        self.reduction = nn.Sequential(Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.reduction(self.norm(x))
-
-
-class Stem(CachedByInput):
-    """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4.
-
-    At inference on a CPU: two oneDNN convolutions with the BatchNorms folded, each ReLU in place, channels-last
-    output (the rest of the network stays channels-last).
-    """
+class Stem(InferenceForm, nn.Module):
+    """Two 3x3 stride-2 convs with BN (eps 1e-4) and ReLU: output stride 4."""
 
     def __init__(self, in_chans: int, in_dim: int, dim: int) -> None:
         super().__init__()
@@ -109,169 +66,155 @@ class Stem(CachedByInput):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if fusable(self, x):
-            x = x.contiguous(memory_format=torch.channels_last)
-            for conv, weight, bias in self.cached_eager("packed", lambda: self._packed(x.shape)):
-                x = conv2d_fused(x, weight, bias, conv, act="relu")
-            return x
         return self.conv_down(x)
 
-    def _folded(self) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
-        """(conv, folded weight, folded bias) for both convs, whether or not `fuse()` already folded them."""
-        pairs = zip(self.conv_down, list(self.conv_down)[1:])
-        return [(conv, *folded_conv(conv, after)) for conv, after in pairs if isinstance(conv, nn.Conv2d)]
 
-    def _packed(self, input_size: Sequence[int]) -> list[tuple[nn.Conv2d, torch.Tensor, torch.Tensor]]:
-        """Folded weights in the layouts oneDNN picks for an input of `input_size` (B, C, H, W): packed without the
-        size, FasterViT-2's second conv got a layout its batch-1 kernel reorders on every call (2x slower)."""
-        packed, size = [], list(input_size)
-        for conv, weight, bias in self._folded():
-            packed.append((conv, pack_conv_weight(weight, conv, size), bias))
-            B, _, H, W = size
-            size = [B, conv.out_channels, (H - 1) // 2 + 1, (W - 1) // 2 + 1]  # 3x3, stride 2, padding 1
-        return packed
+class Downsample(nn.Module):
+    """LayerNorm2d then a 3x3 stride-2 conv doubling the channels (sits at the end of a stage)."""
 
-    def fuse(self) -> Stem:
-        """Fold the BatchNorms into the convs (eval only; see `fastvits.fuse`)."""
-        for conv, weight, bias in self._folded():
-            conv.weight, conv.bias = nn.Parameter(weight), nn.Parameter(bias)
-        self.conv_down = nn.Sequential(*(m for m in self.conv_down if not isinstance(m, nn.BatchNorm2d)))
-        self.clear_cache()
-        return self
-
-
-class ConvStage(nn.Module):
-    def __init__(
-        self, dim: int, depth: int, drop_path: Sequence[float], layer_scale_conv: float | None, downsample: bool
-    ) -> None:
+    def __init__(self, dim: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(*[ConvBlock(dim, drop_path[i], layer_scale_conv) for i in range(depth)])
+        self.norm = LayerNorm2d(dim, eps=1e-6)
+        self.reduction = nn.Sequential(nn.Conv2d(dim, 2 * dim, 3, stride=2, padding=1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduction(self.norm(x))
+
+
+# -------------------------------------------------------------------------------------------------- stages
+class ConvStage(Stage):
+    """Conv blocks at one resolution (one per drop-path rate), then the downsampler."""
+
+    def __init__(self, dim: int, drop_path: Sequence[float], layer_scale_conv: float | None, downsample: bool) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(*[ConvBlock(dim, rate, layer_scale_conv) for rate in drop_path])
         self.downsample = Downsample(dim) if downsample else None
-        self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (stage output before the downsample, after it)."""
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
-            x = checkpoint(blk, x) if self.grad_checkpointing and torch.is_grad_enabled() else blk(x)
-        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
+            x = self.call_block(blk, x)
+        return x
 
 
-class HATStage(HAT2d):
-    """Transformer stage: `HAT2d` (padding, carrier tokens, HAT blocks, propagation), then the downsample."""
+class HATStage(Stage):
+    """Transformer stage: HAT blocks over windows with carrier tokens (`hierarchical_attention`), then the
+    downsampler. One block per drop-path rate; without carrier tokens (`hat=False`) the blocks are plain
+    window-attention blocks."""
 
     def __init__(
         self,
         dim: int,
-        depth: int,
         num_heads: int,
         window_size: int,
         ct_size: int,
-        mlp_ratio: float,
         drop_path: Sequence[float],
-        layer_scale: float | None,
+        downsample: bool,
+        *,
         hat: bool,
         do_propagation: bool,
-        downsample: bool,
+        **block_args: Any,
     ) -> None:
-        super().__init__(
-            dim,
-            num_heads,
-            window_size=window_size,
-            ct_size=ct_size,
-            depth=depth,
-            mlp_ratio=mlp_ratio,
-            drop_path=drop_path,
-            layer_scale=layer_scale,
-            carrier_tokens=hat,
-            propagate=do_propagation,
-            pos_embed=True,
+        super().__init__()
+        self.window_size = window_size
+        self.blocks = hat_blocks(
+            dim, num_heads, window_size, drop_path, do_propagation, ct_size=ct_size, carrier_tokens=hat, **block_args
         )
+        self.global_tokenizer = CarrierTokenInit(dim, ct_size) if hat else None
         self.downsample = Downsample(dim) if downsample else None
 
-    def forward(self, x: torch.Tensor, downsample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """x: (B, C, H, W) -> (stage output before the downsample, after it)."""
-        x = self.forward_map(x)
-        return x, (self.downsample(x) if downsample and self.downsample is not None else x)
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) -> (B, C, H, W) with channels-last strides."""
+        return hierarchical_attention(x, self.blocks, self.global_tokenizer, self.window_size, self.grad_checkpointing)
 
 
+# --------------------------------------------------------------------------------------------------- model
 class FasterViT(StagedModel):
     """FasterViT classifier and multi-scale backbone.
+
+    The keywords are the official constructor's, so a config written for the official code builds the same model.
 
     Args:
         dim: channels of the first stage; stage i has dim * 2**i.
         in_dim: channels of the stem's first conv.
         depths: blocks per stage (stages 0-1 convolutional, 2-3 HAT).
-        num_heads: attention heads per stage (only stages 2-3 use them).
         window_size: window side per stage (only stages 2-3 use them), or one side for all.
         ct_size: carrier tokens per window side.
         mlp_ratio: hidden width of the transformer MLPs relative to the stage width.
-        hat: per stage, whether carrier tokens are used (they are skipped at run time when a map
-            fits in a single window).
-        layer_scale: initial value of the transformer layer scales, or None for none.
-        layer_scale_conv: initial value of the conv-block layer scales, or None for none.
-        do_propagation: propagate carrier tokens back into the windows at the end of a HAT stage.
+        num_heads: attention heads per stage (only stages 2-3 use them).
+        resolution: accepted for the official keyword and without effect: every fastvits model runs any input size.
         drop_path_rate: stochastic depth, linearly increasing over all blocks.
         in_chans: input image channels.
         num_classes: classifier outputs (0 for none).
+        qkv_bias: biases on the query/key/value projections.
+        qk_scale: attention scale, default head_dim ** -0.5.
+        drop_rate: dropout after the transformer MLPs' activation and output, and after the attention projection.
+        attn_drop_rate: dropout of the attention probabilities.
+        layer_scale: initial value of the transformer layer scales, or None for none.
+        layer_scale_conv: initial value of the conv-block layer scales, or None for none.
+        layer_norm_last: LayerNorm2d as the final norm instead of BatchNorm2d.
+        hat: per stage, whether carrier tokens are used (they are skipped at run time when a map fits in a single
+            window).
+        do_propagation: propagate carrier tokens back into the windows at the end of a HAT stage.
         global_pool: 'avg' or '' (no pooling in forward_head).
-        drop_rate: dropout before the classifier.
+        fused_attn: `F.scaled_dot_product_attention` instead of the official matmul-softmax order (saves memory in
+            GPU training; `fastvits.optimize_for_inference` turns it on where it is faster).
     """
+
+    stage_attr = "levels"
 
     def __init__(
         self,
         dim: int = 64,
         in_dim: int = 64,
         depths: Sequence[int] = (2, 3, 6, 5),
-        num_heads: Sequence[int] = (2, 4, 8, 16),
         window_size: int | Sequence[int] = (7, 7, 7, 7),
         ct_size: int = 2,
         mlp_ratio: float = 4.0,
-        hat: Sequence[bool] = (False, False, True, False),
-        layer_scale: float | None = None,
-        layer_scale_conv: float | None = None,
-        do_propagation: bool = False,
+        num_heads: Sequence[int] = (2, 4, 8, 16),
+        resolution: int | Sequence[int] | None = None,
         drop_path_rate: float = 0.0,
         in_chans: int = 3,
         num_classes: int = 1000,
-        global_pool: str = "avg",
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
         drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        layer_scale: float | None = None,
+        layer_scale_conv: float | None = None,
+        layer_norm_last: bool = False,
+        hat: Sequence[bool] = (False, False, True, False),
+        do_propagation: bool = False,
+        global_pool: str = "avg",
+        fused_attn: bool = False,
     ) -> None:
         super().__init__()
-        window_size = (window_size,) * 4 if isinstance(window_size, int) else window_size
+        window_size = (window_size,) * 4 if isinstance(window_size, int) else tuple(window_size)
         if not len(depths) == len(num_heads) == len(window_size) == len(hat) == 4:
             raise ValueError("depths, num_heads, window_size and hat need one entry per stage (4 stages)")
-        self._init_classifier(in_chans, num_classes, global_pool, drop_rate, int(dim * 2 ** (len(depths) - 1)))
+        self._init_classifier(in_chans, num_classes, global_pool, int(dim * 2 ** (len(depths) - 1)))
         self.patch_embed = Stem(in_chans, in_dim, dim)
-        levels = []
-        for i, (depth, rates) in enumerate(zip(depths, stage_drop_path_rates(drop_path_rate, depths))):
+        block_args = dict(
+            mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
+            attn_drop=attn_drop_rate, layer_scale=layer_scale, fused_attn=fused_attn,
+        )
+        levels: list[Stage] = []
+        for i, rates in enumerate(stage_drop_path_rates(drop_path_rate, depths)):
             stage_dim = int(dim * 2**i)
-            last = i == len(depths) - 1
+            downsample = i < len(depths) - 1
             if i < 2:
-                levels.append(ConvStage(stage_dim, depth, rates, layer_scale_conv, downsample=not last))
+                levels.append(ConvStage(stage_dim, rates, layer_scale_conv, downsample))
             else:
                 levels.append(
                     HATStage(
-                        stage_dim,
-                        depth,
-                        num_heads[i],
-                        window_size[i],
-                        ct_size,
-                        mlp_ratio,
-                        rates,
-                        layer_scale,
-                        hat=hat[i],
-                        do_propagation=do_propagation,
-                        downsample=not last,
+                        stage_dim, num_heads[i], window_size[i], ct_size, rates, downsample,
+                        hat=hat[i], do_propagation=do_propagation, **block_args,
                     )
                 )
             self.feature_info.append(dict(num_chs=stage_dim, reduction=2 ** (i + 2), module=f"levels.{i}"))
         self.levels = nn.ModuleList(levels)
-        self._build_head(nn.BatchNorm2d(self.num_features))
+        self._build_head(LayerNorm2d(self.num_features) if layer_norm_last else nn.BatchNorm2d(self.num_features))
         self.apply(init_linear)
 
-    stage_attr = "levels"
-
-    # ----------------------------------------------------------------------------------- timm protocol
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {n for n, p in self.named_parameters() if n.split(".")[-1].startswith("gamma")}
@@ -281,36 +224,36 @@ class FasterViT(StagedModel):
         fine = [(r"^levels\.(\d+)\.blocks\.(\d+)", None), (r"^levels\.(\d+)", (0,))]
         return dict(stem=r"^patch_embed", blocks=r"^levels\.(\d+)" if coarse else fine)
 
-    # ----------------------------------------------------------------------------------------- forward
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         if self.global_pool == "avg":
             x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
 
-# --------------------------------------------------------------------------------------------- checkpoints
-_DERIVED_BUFFERS = ("relative_bias", "relative_coords_table", "relative_position_index")
-_TOKENIZER_ALIAS = "global_tokenizer.to_global_feature.pos."
+# ------------------------------------------------------------------------------------------- checkpoints
+DERIVED_BUFFERS = ("relative_bias", "relative_coords_table", "relative_position_index")
+"""Buffers the official model derives itself (coordinate tables, index, deploy-mode bias cache): never stored here."""
+_TOKENIZER_ALIAS = "global_tokenizer.to_global_feature.pos."  # the official second name of the tokenizer's conv
+_TOKENIZER = "global_tokenizer.pos_embed."
 
 
 @register_checkpoint_filter(FasterViT)
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Official FasterViT layout -> fastvits layout.
 
-    Drops the position-bias caches and coordinate tables (recomputed from the MLPs: never stored),
-    folds the tokenizer's duplicated conv keys into one after checking they agree, and renames the
-    attention bias MLP (`pos_emb_funct` -> `rel_pos`). fastvits checkpoints pass through unchanged.
+    Drops the position-bias caches and coordinate tables (recomputed from the MLPs: never stored), folds the
+    tokenizer's duplicated conv keys into one after checking they agree, and renames the attention bias MLP
+    (`pos_emb_funct` -> `rel_pos`). fastvits checkpoints pass through unchanged.
     """
     out: dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
-        if k.rsplit(".", 1)[-1] in _DERIVED_BUFFERS:
+        if k.rsplit(".", 1)[-1] in DERIVED_BUFFERS:
             continue
         if _TOKENIZER_ALIAS in k:
-            main = k.replace(_TOKENIZER_ALIAS, "global_tokenizer.pos_embed.")
+            main = k.replace(_TOKENIZER_ALIAS, _TOKENIZER)
             if main in state_dict and not torch.equal(state_dict[main], v):
                 raise CheckpointError(f"{k} and {main} should hold the same tensor but differ: the file is corrupt")
             k = main
@@ -318,14 +261,27 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
     return out
 
 
-# ---------------------------------------------------------------------------------------------- variants
-_URL = "https://huggingface.co/ahatamiz/FasterViT/resolve/main/"
+def official_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """fastvits FasterViT weights in the official key layout: the reverse of `checkpoint_filter_fn`.
+
+    `.rel_pos.` becomes `.pos_emb_funct.`, and the tokenizer's conv is also stored under its official alias. The
+    official model derives the `DERIVED_BUFFERS` itself.
+    """
+    out = {}
+    for k, v in state_dict.items():
+        k = k.replace(".rel_pos.", ".pos_emb_funct.")
+        out[k] = v
+        if f".{_TOKENIZER}" in k:
+            out[k.replace(_TOKENIZER, _TOKENIZER_ALIAS)] = v
+    return out
 
 
+# ---------------------------------------------------------------------------------------- pretrained cfgs
 def _cfg(file: str, **kwargs: Any) -> dict[str, Any]:
     return base_cfg(
-        _URL + file,
         **{
+            "hf_hub_id": "ahatamiz/FasterViT",
+            "hf_hub_filename": file,
             "crop_pct": 1.0,
             "first_conv": "patch_embed.conv_down.0",
             "license": "nvidia-source-code-license-nc",
@@ -333,72 +289,196 @@ def _cfg(file: str, **kwargs: Any) -> dict[str, Any]:
             "paper_name": "FasterViT: Fast Vision Transformers with Hierarchical Attention",
             "origin_url": "https://github.com/NVlabs/FasterViT",
             **kwargs,
-        },
+        }
     )
 
 
-_LS = dict(layer_scale=1e-5, do_propagation=True)
-_FV4 = dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), **_LS)
+# The official any-resolution models: the same architectures and checkpoints, configured for 576x960 inputs
+# (541x960 for FasterViT-2, as upstream). Every fastvits model is dynamic; these names keep the official vocabulary.
+_ANY_RES = dict(input_size=(3, 576, 960), pool_size=(18, 30))
+_ANY_RES_2 = dict(input_size=(3, 541, 960), pool_size=(17, 30))
+_21K_224 = dict(input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.95, crop_mode="squash")
+_21K_384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_mode="squash")
+_21K_512 = dict(input_size=(3, 512, 512), pool_size=(16, 16), crop_mode="squash")
+_21K_768 = dict(input_size=(3, 768, 768), pool_size=(24, 24), crop_pct=0.93, crop_mode="squash")
 
-# name -> (architecture arguments, official ImageNet-1K top-1, pretrained cfg)
-FASTERVIT_VARIANTS: dict[str, tuple[dict[str, Any], float, dict[str, Any]]] = {
-    "fastervit_0_224": (
-        dict(dim=64, in_dim=64, depths=(2, 3, 6, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
-        82.1,
-        _cfg("fastervit_0_224_1k.pth.tar", crop_pct=0.875),
-    ),
-    "fastervit_1_224": (
-        dict(dim=80, in_dim=32, depths=(1, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
-        83.2,
-        _cfg("fastervit_1_224_1k.pth.tar"),
-    ),
-    "fastervit_2_224": (
-        dict(dim=96, in_dim=64, depths=(3, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2),
-        84.2,
-        _cfg("fastervit_2_224_1k.pth.tar"),
-    ),
-    "fastervit_3_224": (
-        dict(dim=128, in_dim=64, depths=(3, 3, 12, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.3, **_LS),
-        84.9,
-        _cfg("fastervit_3_224_1k.pth.tar"),
-    ),
-    "fastervit_4_224": (dict(_FV4, drop_path_rate=0.3), 85.4, _cfg("fastervit_4_224_1k.pth.tar")),
-    "fastervit_5_224": (
-        dict(dim=320, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3, **_LS),
-        85.6,
-        _cfg("fastervit_5_224_1k.pth.tar"),
-    ),
-    "fastervit_6_224": (
-        dict(dim=320, in_dim=64, depths=(3, 3, 16, 8), num_heads=(4, 8, 16, 32), drop_path_rate=0.5, **_LS),
-        85.8,
-        _cfg("fastervit_6_224_1k.pth.tar"),
-    ),
-}
-for _res, _top1, _crop in ((224, 86.6, 0.95), (384, 87.6, 1.0), (512, 87.8, 1.0), (768, 87.9, 0.93)):
-    _w = _res // 16
-    FASTERVIT_VARIANTS[f"fastervit_4_21k_{_res}"] = (
-        dict(_FV4, window_size=(7, 7, _w, _w // 2), hat=(False,) * 4, drop_path_rate=0.42),
-        _top1,
-        _cfg(
-            f"fastervit_4_21k_{_res}_w{_w}.pth.tar",
-            input_size=(3, _res, _res),
-            pool_size=(_res // 32, _res // 32),
-            crop_pct=_crop,
-            crop_mode="squash",
+default_cfgs = generate_default_cfgs(
+    {
+        "fastervit_0_224.in1k": _cfg("fastervit_0_224_1k.pth.tar", crop_pct=0.875),
+        "fastervit_1_224.in1k": _cfg("fastervit_1_224_1k.pth.tar"),
+        "fastervit_2_224.in1k": _cfg("fastervit_2_224_1k.pth.tar"),
+        "fastervit_3_224.in1k": _cfg("fastervit_3_224_1k.pth.tar"),
+        "fastervit_4_224.in1k": _cfg("fastervit_4_224_1k.pth.tar"),
+        "fastervit_5_224.in1k": _cfg("fastervit_5_224_1k.pth.tar"),
+        "fastervit_6_224.in1k": _cfg("fastervit_6_224_1k.pth.tar"),
+        "fastervit_4_21k_224.in21k_ft_in1k": _cfg("fastervit_4_21k_224_w14.pth.tar", **_21K_224),
+        "fastervit_4_21k_384.in21k_ft_in1k": _cfg("fastervit_4_21k_384_w24.pth.tar", **_21K_384),
+        "fastervit_4_21k_512.in21k_ft_in1k": _cfg("fastervit_4_21k_512_w32.pth.tar", **_21K_512),
+        "fastervit_4_21k_768.in21k_ft_in1k": _cfg("fastervit_4_21k_768_w48.pth.tar", **_21K_768),
+        "fastervit_0_any_res.in1k": _cfg("fastervit_0_224_1k.pth.tar", crop_pct=0.875, **_ANY_RES),
+        "fastervit_1_any_res.in1k": _cfg("fastervit_1_224_1k.pth.tar", **_ANY_RES),
+        "fastervit_2_any_res.in1k": _cfg("fastervit_2_224_1k.pth.tar", **_ANY_RES_2),
+        "fastervit_3_any_res.in1k": _cfg("fastervit_3_224_1k.pth.tar", **_ANY_RES),
+        "fastervit_4_any_res.in1k": _cfg("fastervit_4_224_1k.pth.tar", **_ANY_RES),
+        "fastervit_5_any_res.in1k": _cfg("fastervit_5_224_1k.pth.tar", **_ANY_RES),
+        "fastervit_6_any_res.in1k": _cfg("fastervit_6_224_1k.pth.tar", **_ANY_RES),
+        "fastervit_4_21k_224_any_res.in21k_ft_in1k": _cfg(
+            "fastervit_4_21k_224_w14.pth.tar", **{**_21K_224, **_ANY_RES}
         ),
-    )
-# Any-resolution names: the same architectures and checkpoints, configured for 576x960 inputs (541x960 for
-# FasterViT-2, as upstream). Every fastvits model is dynamic; these names keep the official vocabulary.
-for _name in list(FASTERVIT_VARIANTS):
-    _args, _top1, _c = FASTERVIT_VARIANTS[_name]
-    _h = 541 if _name.startswith("fastervit_2_") else 576
-    _anyres_args = dict(_args, drop_path_rate=0.3) if "_21k_" in _name else _args
-    _anyres_name = f"{_name}_any_res" if "_21k_" in _name else f"{_name.removesuffix('_224')}_any_res"
-    FASTERVIT_VARIANTS[_anyres_name] = (
-        _anyres_args, _top1, dict(_c, input_size=(3, _h, 960), pool_size=(-(-_h // 32), 30), test_input_size=None)
-    )
+        "fastervit_4_21k_384_any_res.in21k_ft_in1k": _cfg(
+            "fastervit_4_21k_384_w24.pth.tar", **{**_21K_384, **_ANY_RES}
+        ),
+        "fastervit_4_21k_512_any_res.in21k_ft_in1k": _cfg(
+            "fastervit_4_21k_512_w32.pth.tar", **{**_21K_512, **_ANY_RES}
+        ),
+        "fastervit_4_21k_768_any_res.in21k_ft_in1k": _cfg(
+            "fastervit_4_21k_768_w48.pth.tar", **{**_21K_768, **_ANY_RES}
+        ),
+    }
+)
 
-default_cfgs = generate_default_cfgs({f"{name}.in1k": cfg for name, (_, _, cfg) in FASTERVIT_VARIANTS.items()})
+IMAGENET_TOP1 = {  # official ImageNet-1K top-1 of the released weights (the any-res names share them)
+    "fastervit_0_224": 82.1,
+    "fastervit_1_224": 83.2,
+    "fastervit_2_224": 84.2,
+    "fastervit_3_224": 84.9,
+    "fastervit_4_224": 85.4,
+    "fastervit_5_224": 85.6,
+    "fastervit_6_224": 85.8,
+    "fastervit_4_21k_224": 86.6,
+    "fastervit_4_21k_384": 87.6,
+    "fastervit_4_21k_512": 87.8,
+    "fastervit_4_21k_768": 87.9,
+}
 
 
-register_variants(FasterViT, FASTERVIT_VARIANTS)
+# -------------------------------------------------------------------------------------------------- variants
+def _create_fastervit(variant: str, pretrained: bool, model_args: dict[str, Any], **kwargs: Any) -> FasterViT:
+    return build_model(FasterViT, variant, pretrained, **dict(model_args, **kwargs))
+
+
+_FV0 = dict(dim=64, in_dim=64, depths=(2, 3, 6, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+_FV1 = dict(dim=80, in_dim=32, depths=(1, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+_FV2 = dict(dim=96, in_dim=64, depths=(3, 3, 8, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.2)
+_LS = dict(layer_scale=1e-5, do_propagation=True)
+_FV3 = dict(dim=128, in_dim=64, depths=(3, 3, 12, 5), num_heads=(2, 4, 8, 16), drop_path_rate=0.3, **_LS)
+_FV4 = dict(dim=196, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3, **_LS)
+_FV5 = dict(dim=320, in_dim=64, depths=(3, 3, 12, 5), num_heads=(4, 8, 16, 32), drop_path_rate=0.3, **_LS)
+_FV6 = dict(dim=320, in_dim=64, depths=(3, 3, 16, 8), num_heads=(4, 8, 16, 32), drop_path_rate=0.5, **_LS)
+# ImageNet-21K FasterViT-4: no carrier tokens; stage-3 windows cover the 16x map, stage-4 windows half the 32x map
+_FV4_21K = dict(_FV4, hat=(False, False, False, False), drop_path_rate=0.42)
+
+
+@register_model
+def fastervit_0_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_0_224", pretrained, _FV0, **kwargs)
+
+
+@register_model
+def fastervit_1_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_1_224", pretrained, _FV1, **kwargs)
+
+
+@register_model
+def fastervit_2_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_2_224", pretrained, _FV2, **kwargs)
+
+
+@register_model
+def fastervit_3_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_3_224", pretrained, _FV3, **kwargs)
+
+
+@register_model
+def fastervit_4_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_224", pretrained, _FV4, **kwargs)
+
+
+@register_model
+def fastervit_5_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_5_224", pretrained, _FV5, **kwargs)
+
+
+@register_model
+def fastervit_6_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_6_224", pretrained, _FV6, **kwargs)
+
+
+@register_model
+def fastervit_4_21k_224(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_21k_224", pretrained, dict(_FV4_21K, window_size=(7, 7, 14, 7)), **kwargs)
+
+
+@register_model
+def fastervit_4_21k_384(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_21k_384", pretrained, dict(_FV4_21K, window_size=(7, 7, 24, 12)), **kwargs)
+
+
+@register_model
+def fastervit_4_21k_512(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_21k_512", pretrained, dict(_FV4_21K, window_size=(7, 7, 32, 16)), **kwargs)
+
+
+@register_model
+def fastervit_4_21k_768(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_21k_768", pretrained, dict(_FV4_21K, window_size=(7, 7, 48, 24)), **kwargs)
+
+
+@register_model
+def fastervit_0_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_0_any_res", pretrained, _FV0, **kwargs)
+
+
+@register_model
+def fastervit_1_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_1_any_res", pretrained, _FV1, **kwargs)
+
+
+@register_model
+def fastervit_2_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_2_any_res", pretrained, _FV2, **kwargs)
+
+
+@register_model
+def fastervit_3_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_3_any_res", pretrained, _FV3, **kwargs)
+
+
+@register_model
+def fastervit_4_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_4_any_res", pretrained, _FV4, **kwargs)
+
+
+@register_model
+def fastervit_5_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_5_any_res", pretrained, _FV5, **kwargs)
+
+
+@register_model
+def fastervit_6_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    return _create_fastervit("fastervit_6_any_res", pretrained, _FV6, **kwargs)
+
+
+# the official any-resolution 21K models train with drop_path_rate 0.3
+@register_model
+def fastervit_4_21k_224_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    args = dict(_FV4_21K, window_size=(7, 7, 14, 7), drop_path_rate=0.3)
+    return _create_fastervit("fastervit_4_21k_224_any_res", pretrained, args, **kwargs)
+
+
+@register_model
+def fastervit_4_21k_384_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    args = dict(_FV4_21K, window_size=(7, 7, 24, 12), drop_path_rate=0.3)
+    return _create_fastervit("fastervit_4_21k_384_any_res", pretrained, args, **kwargs)
+
+
+@register_model
+def fastervit_4_21k_512_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    args = dict(_FV4_21K, window_size=(7, 7, 32, 16), drop_path_rate=0.3)
+    return _create_fastervit("fastervit_4_21k_512_any_res", pretrained, args, **kwargs)
+
+
+@register_model
+def fastervit_4_21k_768_any_res(pretrained: bool = False, **kwargs: Any) -> FasterViT:
+    args = dict(_FV4_21K, window_size=(7, 7, 48, 24), drop_path_rate=0.3)
+    return _create_fastervit("fastervit_4_21k_768_any_res", pretrained, args, **kwargs)

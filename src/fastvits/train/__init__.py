@@ -7,8 +7,8 @@ loops), `checkpoint` and `files` (atomic, verified state), `metrics` and `plots`
 """
 
 from .errors import CheckpointError, DataError, DivergenceError, TrainError
-from .recipe import PRESETS, Recipe
 from .options import TrainOptions
+from .recipe import PRESETS, Recipe
 from .trainer import run_training
 
 __all__ = ["PRESETS", "CheckpointError", "DataError", "DivergenceError", "Recipe", "TrainError", "TrainOptions",

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from ..checkpoint import load_checkpoint
+from ..inference import optimize_for_inference
 from .data import DataSource, check_classes, class_names, eval_transform, load_image, open_dataset, parse_data
 from .distributed import cleanup, init_distributed, kept_num_threads, share_cpus
 from .engine import evaluate
@@ -85,7 +86,8 @@ def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val
     dist_info = init_distributed(device)
     workers, _ = share_cpus(dist_info.world_size, workers)
     try:
-        model, spec = load_for_inference(source, dist_info.device)
+        plain, spec = load_for_inference(source, dist_info.device)
+        model = optimize_for_inference(plain)
         data_source = parse_data(data, val_split=split)
         _check_labels(source, spec, data_source)
         config = _sized(spec.data_config, img_size)
@@ -99,7 +101,7 @@ def validate(source: ModelSource, data: str = "fashion-mnist", split: str = "val
         return {
             "model": str(source.run or spec.name), "top1": result["top1"], "top1_err": 100 - result["top1"],
             "top5": result["top5"], "top5_err": 100 - result["top5"], "loss": result["loss"],
-            "param_count": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            "param_count": round(sum(p.numel() for p in plain.parameters()) / 1e6, 3),
             "img_size": config["input_size"][-1], "crop_pct": config["crop_pct"],
             "interpolation": config["interpolation"], "samples": result["samples"],
             "samples_per_sec": result["samples_per_sec"],
@@ -143,7 +145,8 @@ def predict(source: ModelSource, images: list[str], topk: int = 5, native_size: 
     Returns:
         One dict per image: image path, size (W, H), and "top" as a list of {label, index, probability}.
     """
-    model, spec = load_for_inference(source, init_distributed(device).device)
+    plain, spec = load_for_inference(source, init_distributed(device).device)
+    model = optimize_for_inference(plain)
     config = _sized(spec.data_config, img_size)
     transform = _native_transform(config) if native_size else eval_transform(config)
     k = min(topk, spec.num_classes)

