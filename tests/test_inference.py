@@ -65,7 +65,7 @@ def test_optimized_copy_matches_the_plain_model(name):
     assert count_batchnorms(fast) == (1 if name.startswith("fastervit") else 0) < before
     assert count_batchnorms(model) == before and all(p.requires_grad for p in model.parameters())
     assert not any(p.requires_grad for p in fast.parameters())
-    for size in [(64, 64), (72, 100)]:
+    for size in [(72, 100), (128, 160)]:  # 128x160: 2x2 windows in stage 3, carrier tokens and propagation
         x = torch.randn(2, 3, *size)
         with torch.no_grad():
             torch.testing.assert_close(fast(x), model(x), atol=1e-5, rtol=1e-5)
@@ -93,15 +93,17 @@ def test_optimize_a_training_model_copy_is_eval():
     assert model.training and not fast.training
 
 
-def test_optimizing_twice_is_the_same_function():
-    """An optimized model optimized again (e.g. for export) keeps every conversion exactly once."""
-    model = randomize(small_model("fastervit_4_224", layer_scale_conv=0.5)).eval()
-    once = fastvits.optimize_for_inference(model)
-    twice = fastvits.optimize_for_inference(once, runtime="export")
+@pytest.mark.parametrize("name", ["fastervit_4_224", "litv2_s"])
+@pytest.mark.parametrize(("first", "second"), [("eager", "export"), ("export", "export"), ("compile", "eager")])
+def test_optimizing_twice_is_the_same_function(name, first, second):
+    """An optimized model optimized again (export_onnx does so) keeps every conversion exactly once."""
+    model = randomize(small_model(name, **MODELS[name])).eval()
+    once = fastvits.optimize_for_inference(model, runtime=first)
+    twice = fastvits.optimize_for_inference(once, runtime=second)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(twice(x), model(x), atol=1e-5, rtol=1e-5)
-    assert repr(twice).count("InferenceOnly(") == 1 and "runtime=export" in repr(twice)
+    assert repr(twice).count("InferenceOnly(") == 1 and f"runtime={second}" in repr(twice)
 
 
 @pytest.mark.parametrize("name", ["fastervit_0_any_res", "litv2_s"])

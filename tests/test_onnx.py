@@ -159,3 +159,16 @@ def test_full_model_dynamic_size_onnx(name, tmp_path):
     path = _dynamic_export(model, tmp_path / f"{name}.onnx", (3, max(lo, 224), max(lo, 224)))
     for shape in [(1, 3, lo, lo), (2, 3, lo, lo + 96), (1, 3, 480, 320)]:
         assert verify_onnx(path, model, torch.randn(shape), atol=1e-4) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["fastervit_0_224", "litv2_s"])
+def test_optimized_model_exports_the_same_graph(name, tmp_path):
+    """`export_onnx` takes the plain model or `optimize_for_inference(model)` (its oneDNN modules export as plain
+    ops): both files compute the plain model's function, with BatchNorm folded out of the graph."""
+    kwargs = FASTERVIT_TINY if name.startswith("fastervit") else LITV2_TINY
+    model = randomized(fastvits.create_model(name, num_classes=10, **kwargs))
+    x = torch.randn(2, *SIZE)
+    for form in (model, fastvits.optimize_for_inference(model)):
+        path = export_onnx(form, tmp_path / f"{name}.onnx", SIZE, dynamo=False)
+        assert "BatchNormalization" not in op_types(path) or name.startswith("fastervit")  # FasterViT's final norm
+        assert verify_onnx(path, model, x, atol=1e-4) < 1e-4

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..argtypes import json_object, non_negative_float, non_negative_int, positive_int
+from ..inference.cpu_features import native_bf16
 from .backends import BACKENDS, ONNX_EXPORTERS, BenchError, OfficialUnavailable, parse_backends
 from .report import print_results, save_results
 from .suite import BenchSettings, bench_models
@@ -109,7 +110,8 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> tuple[argparse._Argume
         "--precision",
         choices=("fp32", "bf16", "fp16"),
         default="fp32",
-        help="fp32, or bf16/fp16 autocast (this CPU has no native bf16: keep CPU runs fp32)",
+        help="fp32, or bf16/fp16 autocast (this CPU: "
+        + (f"native bf16, {native_bf16()})" if native_bf16() else "no native bf16, emulated: keep CPU runs fp32)"),
     )
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     g.add_argument("--threads", type=positive_int, help="torch (and onnxruntime) threads (default: torch's default)")

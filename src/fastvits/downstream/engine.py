@@ -28,10 +28,10 @@ from safetensors.torch import load_model
 from torch import nn
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
-from tqdm import tqdm
 
 from ..checkpoint import save_safetensors
 from ..inference import optimize_for_inference
+from ..progress import progress
 from ..train.files import atomic_write_json
 from .annotations import encode_mask
 from .datasets import DetectionDataset, SegmentationDataset, resize_short_side, to_tensor
@@ -144,7 +144,7 @@ def train(
     step_log, epoch_log = CsvLog(out_dir / "log.csv"), CsvLog(out_dir / "summary.csv")
     history: list[float] = []
     model.to(device).train()
-    progress = tqdm(total=total, desc="train", dynamic_ncols=True)
+    bar = progress(total=total, desc="train")
     for epoch in range(cfg.epochs):
         start, epoch_losses = time.perf_counter(), []
         for batch in loader:
@@ -162,14 +162,14 @@ def train(
             epoch_losses.append(loss.item())
             row = dict(epoch=epoch, step=len(history), lr=optimizer.param_groups[0]["lr"], loss=loss.item())
             step_log.write(row | {k: v.item() for k, v in losses.items()})
-            progress.update()
-            progress.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{loss.item():.4f}")
             if len(history) == total:
                 break
         epoch_log.write(dict(epoch=epoch, train_loss=float(np.mean(epoch_losses)), seconds=time.perf_counter() - start))
         if len(history) == total:
             break
-    progress.close()
+    bar.close()
     return history
 
 
@@ -220,7 +220,7 @@ def evaluate_detection(
     dataset = DetectionDataset(source)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     box_results, mask_results, image_ids, has_masks = [], [], [], False
-    for index in tqdm(range(count), desc="eval", dynamic_ncols=True):
+    for index in progress(range(count), desc="eval"):
         image, target = dataset[index]
         (output,) = model([image.to(device)])
         image_ids.append(int(target["image_id"]))
@@ -250,7 +250,7 @@ def evaluate_segmentation(
     accuracy = MulticlassAccuracy(num_classes, average="micro", ignore_index=IGNORE_INDEX)
     dataset = SegmentationDataset(source, size)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
-    for index in tqdm(range(count), desc="eval", dynamic_ncols=True):
+    for index in progress(range(count), desc="eval"):
         image, mask = dataset[index]
         logits = model(image[None].to(device))
         logits = F.interpolate(logits, size=mask.shape, mode="bilinear", align_corners=False)
@@ -297,7 +297,7 @@ def predict_detection(
     """
     model = optimize_for_inference(model.to(device))
     records = []
-    for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths)):
+    for path, name in zip(progress(paths, desc="predict"), output_names(paths)):
         image = load_rgb(path)
         (output,) = model([to_tensor(image).to(device)])
         keep = output["scores"] >= score_thresh
@@ -331,7 +331,7 @@ def predict_segmentation(
     """Segments each image; writes the class-id mask `NAME_mask.png` and the overlay `NAME.png` (`output_names`)."""
     model = optimize_for_inference(model.to(device))
     records = []
-    for path, name in zip(tqdm(paths, desc="predict", dynamic_ncols=True), output_names(paths, ("", "_mask"))):
+    for path, name in zip(progress(paths, desc="predict"), output_names(paths, ("", "_mask"))):
         image = load_rgb(path)
         x = resize_short_side(to_tensor(image), size, "bilinear")
         logits = F.interpolate(model(x[None].to(device)), size=image.shape[:2], mode="bilinear", align_corners=False)

@@ -23,14 +23,16 @@ class PackedConvBlock(nn.Module):
         self.conv2 = PackedConv2d(conv2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous(memory_format=torch.channels_last)
         return self.conv2(self.conv1(x), residual=x)
 
 
 @converts(ConvBlock)
 def _conv_block(block: ConvBlock, options: InferenceOptions) -> nn.Module:
-    conv1 = folded_conv(block.conv1, block.norm1)
-    conv2 = folded_conv(block.conv2, block.norm2, block.gamma)
+    if isinstance(block.norm1, nn.BatchNorm2d):
+        conv1 = folded_conv(block.conv1, block.norm1)
+        conv2 = folded_conv(block.conv2, block.norm2, block.gamma)
+    else:  # folded already (an inference form for graphs, converted again)
+        conv1, conv2 = block.conv1, block.conv2
     if options.cpu_kernels:
         return PackedConvBlock(conv1, conv2)
     block.conv1, block.conv2 = conv1, conv2

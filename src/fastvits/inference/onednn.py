@@ -112,6 +112,7 @@ class PackedConv2d(_Packed):
             )
         ops = torch.ops.mkldnn._convolution_pointwise
         if residual is not None:
+            residual = residual.contiguous(memory_format=torch.channels_last)
             return ops.binary(x, residual, self._packed, self.bias, *self._geometry(), "add", 1.0, None, [], None)
         y = ops.default(x, self._packed, self.bias, *self._geometry(), _POST_OP[self.act], [], _ALGORITHM[self.act])
         return _relu_after(y, self.act)

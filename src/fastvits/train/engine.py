@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
+from ..progress import progress as progress_display
 from .distributed import all_reduce_sum, world_size
 from .errors import DivergenceError
 
@@ -69,9 +69,9 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def _bar(iterable: Iterable, desc: str, progress: bool, **kwargs: Any) -> tqdm:
-    """A progress bar, shown only if asked for and stderr is a terminal (disable=None), so logs stay clean."""
-    return tqdm(iterable, desc=desc, disable=None if progress else True, leave=False, dynamic_ncols=True, **kwargs)
+def _bar(iterable: Iterable, desc: str, enabled: bool) -> Any:
+    """`fastvits.progress.progress`: a bar on a terminal, a log line every 30 s in a file, nothing if not enabled."""
+    return progress_display(iterable, desc=desc, enabled=enabled)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -95,7 +95,7 @@ def train_one_epoch(parts: TrainParts, loader: Iterable, epoch: int, start_step:
         DivergenceError: the loss became NaN or infinite on any rank (detected before the optimizer step).
     """
     parts.forward_model.train()
-    bar = _bar(loader, f"train {epoch}", progress, unit="batch")
+    bar = _bar(loader, f"train {epoch}", progress)
     step, micro, loss_sum = start_step, 0, torch.zeros((), device=parts.device)
     for x, y in bar:
         x, y = _to_device(x, y, parts.device, parts.channels_last)
