@@ -79,6 +79,7 @@ def test_frozen_batchnorm_ignores_batch_statistics():
     x = torch.randn(2, 3, 64, 64)
     train_out = backbone.train()(x)
     eval_out = backbone.eval()(x)
+    assert len(train_out) == len(eval_out) == len(STRIDES)  # zip would stop at the shorter: compare lengths first
     assert all(torch.equal(a, b) for a, b in zip(train_out, eval_out))
 
 
@@ -94,7 +95,9 @@ def test_classification_checkpoint_initialises_backbone(key, suffix, tmp_path):
     backbone = build_backbone(BackboneConfig(name, checkpoint=str(path), kwargs=kwargs)).eval()
     x = torch.randn(1, 3, 96, 128)
     expected = classifier.forward_intermediates(x, intermediates_only=True)[-4:]
-    assert all(torch.equal(a, b) for a, b in zip(backbone(x), expected))
+    features = backbone(x)
+    assert len(features) == len(expected) == len(STRIDES)  # zip would stop at the shorter: compare lengths first
+    assert all(torch.equal(a, b) for a, b in zip(features, expected))
 
 
 def test_headless_checkpoint_initialises_backbone_without_warning(tmp_path, caplog):

@@ -227,7 +227,16 @@ def test_official_pth_through_timm_pretrained(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), src(x))
     # another number of classes keeps a fresh head (fine-tuning); the body must still match exactly
-    fastvits.load_checkpoint(tiny(num_classes=3), path)
+    fresh = tiny(num_classes=3)
+    head = {k: v.clone() for k, v in fresh.head.state_dict().items()}
+    loaded = fastvits.load_checkpoint(fresh, path).eval()
+    trained, state = src.state_dict(), loaded.state_dict()
+    body = [k for k in trained if not k.startswith("head.")]
+    assert len(body) == len(state) - len(head)  # every body entry is compared
+    assert [k for k in body if not torch.equal(state[k], trained[k])] == []
+    assert loaded.head.out_features == 3 and all(torch.equal(loaded.head.state_dict()[k], v) for k, v in head.items())
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_features(x), src.forward_features(x))
 
 
 def test_mismatched_checkpoint_errors(tmp_path):

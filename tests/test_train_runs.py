@@ -214,14 +214,33 @@ def test_resume_refuses_changed_settings(finished_run, capsys):
     assert len(err.splitlines()) == 1 and (out / "run.json").read_bytes() == run_file
 
 
-def test_resume_accepts_changed_settings_that_keep_the_result(finished_run, tmp_path):
+def _rewind(run: Path) -> Path:
+    """Deletes the newest checkpoint of a finished 2-epoch run, so that `--resume` trains epoch 2 again from the end
+    of epoch 1; returns the checkpoint it will resume from."""
+    *older, newest = list_checkpoints(run / "checkpoints")
+    newest.unlink()
+    assert load_checkpoint(older[-1])["progress"]["epoch"] == 1
+    return older[-1]
+
+
+def _assert_same_result(run: Path, reference: Path) -> None:
+    """Every step's loss (as printed) and the final weights are those of the reference run, bit for bit."""
+    assert _losses(run) == _losses(reference) and len(_losses(run)) == 4  # 2 epochs of 2 x 4 images, batch 4
+    weights, expected = load_file(str(run / "model.safetensors")), load_file(str(reference / "model.safetensors"))
+    assert weights.keys() == expected.keys() and all(torch.equal(weights[k], expected[k]) for k in expected)
+
+
+def test_resume_accepts_changed_settings_that_keep_the_result(finished_run, tmp_path, capsys):
     data, out = finished_run
     run = shutil.copytree(out, tmp_path / "run")
+    start = _rewind(run)
     assert main([*_train_args(data, run, "--epochs", "2"), "--resume", "--save-every", "1", "--keep-checkpoints", "3",
                  "--eval-batch-size", "1", "--check-data", "--device", "cpu"]) == 0
+    assert f"resumed from {start}: epoch 1, step 0 of the epoch" in capsys.readouterr().out
+    _assert_same_result(run, out)
 
 
-def test_resume_accepts_the_same_data_and_weights_under_another_spelling(tmp_path, monkeypatch):
+def test_resume_accepts_the_same_data_and_weights_under_another_spelling(tmp_path, monkeypatch, capsys):
     """Paths are compared as the files they name: a resume from another working directory, or with an absolute
     path where the run had a relative one, continues the run."""
     make_image_folder(tmp_path / "data", classes=2, train=4, val=1)
@@ -229,17 +248,22 @@ def test_resume_accepts_the_same_data_and_weights_under_another_spelling(tmp_pat
     fastvits.save_safetensors(timm.create_model("test_vit", num_classes=2).state_dict(), weights)
     monkeypatch.chdir(tmp_path)
     run = ["--checkpoint", "init.safetensors"]
-    assert main([*_train_args(Path("data"), tmp_path / "run", "--epochs", "1"), *run]) == 0
+    assert main([*_train_args(Path("data"), tmp_path / "run", "--epochs", "2"), *run]) == 0
+    reference = shutil.copytree(tmp_path / "run", tmp_path / "reference")
+    start = _rewind(tmp_path / "run")
+    capsys.readouterr()
     monkeypatch.chdir(tmp_path / "data")
     again = ["--checkpoint", str(weights)]
-    assert main([*_train_args(Path("."), tmp_path / "run", "--epochs", "1"), *again, "--resume"]) == 0
+    assert main([*_train_args(Path("."), tmp_path / "run", "--epochs", "2"), *again, "--resume"]) == 0
+    assert f"resumed from {start}: epoch 1, step 0 of the epoch" in capsys.readouterr().out
+    _assert_same_result(tmp_path / "run", reference)
 
 
-def test_version_1_checkpoints_resume(finished_run, tmp_path, monkeypatch):
-    """Checkpoints of the first format (whose run record names the model only) still resume."""
+def test_version_1_checkpoints_resume(finished_run, tmp_path, monkeypatch, capsys):
+    """Checkpoints of the first format (whose run record names the model only) still resume, to the same result."""
     data, out = finished_run
     run = shutil.copytree(out, tmp_path / "run")
-    newest = list_checkpoints(run / "checkpoints")[-1]
+    newest = _rewind(run)
     state = {k: v for k, v in load_checkpoint(newest).items() if k not in ("format", "version", "digest")}
     state["run"] = {"model": state["run"]["model"], "preset": "plain"}
     monkeypatch.setattr(fastvits.train.checkpoint, "VERSION", 1)
@@ -247,6 +271,8 @@ def test_version_1_checkpoints_resume(finished_run, tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(newest)["version"] == 1
     assert main([*_train_args(data, run, "--epochs", "2"), "--resume"]) == 0
+    assert f"resumed from {newest}: epoch 1, step 0 of the epoch" in capsys.readouterr().out
+    _assert_same_result(run, out)
 
 
 def test_resume_refuses_another_model_or_other_classes(finished_run, tmp_path, capsys):
