@@ -263,8 +263,6 @@ def test_onnxruntime_backend_matches_eager(tmp_path):
     assert float(rows[1]["max_abs_diff"]) < 1e-4
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("FASTVITS_SLOW"), reason="inductor compile takes minutes here: FASTVITS_SLOW=1")
 def test_compile_backend_matches_eager(tmp_path):
     rows, _ = _bench(tmp_path, "--img-size", "64", "--backend", "eager", "compile", "--no-memory")
     assert float(rows[1]["max_abs_diff"]) < 1e-4

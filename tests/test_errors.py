@@ -103,3 +103,10 @@ def test_window_sizes_are_checked():
         fastvits.layers.create_attention2d("window", 48, 4, window_size=0)
     one_side = small_model("fastervit_0_224", window_size=4)  # one side for every stage
     assert [stage.blocks[0].window_size for stage in one_side.levels[2:]] == [4, 4]
+
+
+def test_float64_under_autocast_is_named():
+    model = small_model("fastervit_0_224").eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match="float64 input under autocast.*x.float"):
+            model(torch.randn(1, 3, 64, 64, dtype=torch.float64))

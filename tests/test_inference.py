@@ -329,7 +329,6 @@ def test_compiled_inference_form_reads_position_encodings_as_constants():
     assert position_linears["plain"] and not position_linears["frozen"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("freezing", [False, True])
 def test_compile_inductor_matches_eager(freezing):
     """Inductor, with and without freezing, on the inference form: 64x64 position biases read from the table filled

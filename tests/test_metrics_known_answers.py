@@ -52,7 +52,7 @@ def _rle(counts: list[int], size: tuple[int, int]) -> dict:
 def test_detections_become_coco_records(cats_and_dogs):
     assert cats_and_dogs.classes == ["dog", "cat"]
 
-    def output(masks: bool = True) -> dict[str, torch.Tensor]:  # afresh for each call: see the xfail below
+    def output(masks: bool = True) -> dict[str, torch.Tensor]:
         out = dict(
             boxes=torch.tensor([[0.5, 1.0, 3.0, 2.5], [2.0, 0.0, 4.0, 3.0]]),  # x1, y1, x2, y2
             labels=torch.tensor([2, 1]),
@@ -84,10 +84,9 @@ def test_detections_become_coco_records(cats_and_dogs):
     assert detections_to_coco(output(masks=False), 42, cats_and_dogs.category_id) == (boxes, [])
 
 
-@pytest.mark.xfail(strict=True, reason="detections_to_coco converts the boxes to x, y, w, h in the caller's tensor")
 def test_detections_to_coco_leaves_the_model_output_alone(cats_and_dogs):
-    """A known defect: `.cpu().numpy()` of a CPU tensor shares its memory, so the in-place `-=` rewrites the model's
-    output (a second call on the same output gets w, h as x2, y2). Drop the xfail once the boxes are copied first."""
+    """`.cpu().numpy()` of a CPU tensor shares its memory: an in-place conversion would rewrite the model's output
+    (a second call on the same output would get w, h as x2, y2)."""
     output = dict(boxes=torch.tensor([[1.0, 2.0, 5.0, 7.0]]), labels=torch.tensor([1]), scores=torch.tensor([0.5]))
     detections_to_coco(output, 42, cats_and_dogs.category_id)
     assert output["boxes"].tolist() == [[1.0, 2.0, 5.0, 7.0]]

@@ -191,7 +191,6 @@ def test_finetune_from_weights_with_a_new_head(trained_run, tmp_path):
     assert spec["num_classes"] == 2 and spec["data_config"]["input_size"] == [3, 36, 36]
 
 
-@pytest.mark.slow
 def test_compiled_training(tmp_path):
     data = make_image_folder(tmp_path / "data", classes=2, train=4, val=2)
     assert main(["train", *TINY_FASTERVIT, "--data", str(data), "--img-size", "32", "--preset", "plain", "-b", "4",

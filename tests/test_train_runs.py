@@ -169,7 +169,6 @@ def test_unused_parameters_are_found_without_changing_the_model():
     assert torch.equal(torch.get_rng_state(), rng) and all(p.grad is None for p in model.parameters())
 
 
-@pytest.mark.slow
 def test_two_processes_train_a_model_with_unused_parameters(tmp_path):
     """DDP fails in the second step unless told about parameters without gradient; they stay untouched, as in
     one process (AdamW's weight decay skips parameters without gradient)."""

@@ -181,7 +181,7 @@ def detections_to_coco(
     The two lists are kept apart because pycocotools takes a record's area from its box when both are
     present, which would put masks in the wrong small/medium/large bucket.
     """
-    boxes = output["boxes"].cpu().numpy()
+    boxes = output["boxes"].cpu().numpy().copy()  # a CPU tensor's numpy() shares its memory: the output stays as it is
     boxes[:, 2:] -= boxes[:, :2]  # x1, y1, x2, y2 -> x, y, w, h
     common = [
         dict(image_id=image_id, category_id=category_id(int(label)), score=float(score))

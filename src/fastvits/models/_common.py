@@ -56,6 +56,11 @@ def check_image_input(
             f"{model_name} expects a floating-point image tensor, got {x.dtype}. Convert and normalise it first, "
             "e.g. x.float() / 255 followed by the model's mean/std normalisation."
         )
+    if autocast_enabled(x.device.type) and x.dtype == torch.float64:
+        raise TypeError(
+            f"{model_name} got a float64 input under autocast, which runs its ops in lower precision and float64 "
+            "nowhere: convert the input with x.float() (or run float64 without autocast)."
+        )
     if weight_dtype is not None and x.dtype != weight_dtype and not autocast_enabled(x.device.type):
         raise TypeError(
             f"{model_name} has {weight_dtype} weights but got a {x.dtype} input. Convert one to the other "
