@@ -143,30 +143,47 @@ def test_fused_and_plain_attention_agree():
         torch.testing.assert_close(fused(x), plain(x), atol=1e-5, rtol=1e-5)
 
 
+def low_precision_tolerance(dtype: torch.dtype, ref: torch.Tensor) -> dict[str, float]:
+    """8 unit roundoffs of the dtype (2^-8 for bf16's 8 significant bits, 2^-11 for fp16's 11) of the logits' scale:
+    the measured error of these tiny models is about 2 units (1.65-2.18, three seeds, zero offsets); a wrong op in
+    low precision (a deformable conv on truncated offsets, a norm in bf16 statistics) errs by far more."""
+    unit = torch.finfo(dtype).eps / 2  # unit roundoff
+    return dict(atol=8 * unit * ref.abs().max().item(), rtol=0.0)
+
+
+def with_offsets(model: LITv2) -> LITv2:
+    """Live sampling offsets (an untrained DTM's offset conv is zero, so its sampling would be a plain conv)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, DeformConv2dPack):
+                m.conv_offset.weight.normal_(0, 0.3)
+    return model
+
+
 def test_bf16_autocast_on_cpu():
     """Under CPU bf16 autocast (`fastvits bench --precision bf16`) the deformable conv, whose torchvision CPU kernel
     has no bf16 path, runs in float32; the output stays close to the float32 model's."""
-    model = tiny().eval()
+    model = with_offsets(tiny()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.float(), ref, **low_precision_tolerance(torch.bfloat16, ref))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_model_on_cpu(dtype):
     """A model converted with .bfloat16() / .half() runs on the CPU without autocast: the deformable conv computes
     in float32 (torchvision's CPU kernel has no bf16 path) and hands back the model's dtype."""
-    model = tiny().eval()
+    model = with_offsets(tiny()).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
         out = model.to(dtype)(x.to(dtype))
     assert out.dtype == dtype
-    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(out.float(), ref, **low_precision_tolerance(dtype, ref))
 
 
 def test_features_only_and_stop_early():

@@ -90,15 +90,23 @@ def test_drop_path_rates_rise_linearly_over_all_blocks(name):
 
 @pytest.mark.parametrize("name", KINDS)
 def test_grad_checkpointing_same_output(name):
+    """Same outputs and gradients, and the blocks really are recomputed in the backward pass: every block runs twice
+    per step with checkpointing, once without."""
     model = small_model(name, drop_path_rate=0.0).train()
+    blocks = [blk for stage in model.stages for blk in stage.blocks]
+    calls = [0]
+    for blk in blocks:
+        blk.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # recomputation stops early
     x = torch.randn(INPUT)
     ref = model(x)
     ref.sum().backward()
+    plain_calls = calls[0]
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     model.set_grad_checkpointing(True)
     out = model(x)
     out.sum().backward()
+    assert plain_calls == len(blocks) and calls[0] - plain_calls == 2 * len(blocks)
     torch.testing.assert_close(out, ref)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[n], msg=n)
