@@ -344,3 +344,30 @@ def test_compile_inductor_matches_eager(freezing):
         for size in [(64, 64), (96, 128)]:
             x = torch.randn(2, 3, *size)
             torch.testing.assert_close(compiled(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+# -------------------------------------------------------------------------------------------- precision
+@pytest.mark.parametrize("name", ["fastervit_0_any_res", "litv2_s"])
+@pytest.mark.parametrize("runtime", ["eager", "compile"])
+def test_bf16_inference_form(name, runtime):
+    """bfloat16 weights and activations, float32 in and out at the call; within 8 unit roundoffs of bf16 (2^-8) of
+    the logits' scale (measured: about 2)."""
+    model = randomize(small_model(name)).eval()
+    fast = fastvits.optimize_for_inference(model, runtime=runtime, precision="bf16")
+    assert {p.dtype for p in fast.parameters()} == {torch.bfloat16} and "precision=bf16" in repr(fast)
+    x = torch.randn(2, 3, 128, 160)
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=8 * 2**-8 * ref.abs().max().item(), rtol=0)
+
+
+def test_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match="unknown precision 'int4'; choose from fp32, bf16"):
+        fastvits.optimize_for_inference(small_model("litv2_s"), precision="int4")
+
+
+def test_bf16_on_a_cpu_that_emulates_it_warns(monkeypatch):
+    monkeypatch.setattr(fastvits.inference.engine, "native_bf16", lambda: None)
+    with pytest.warns(UserWarning, match="no native bf16 .* about 10x slower than float32"):
+        fastvits.optimize_for_inference(small_model("litv2_s"), precision="bf16")

@@ -10,7 +10,8 @@ ONNX), unless a modifier says otherwise:
   caches are filled by a forward);
 - `+cl`: channels_last memory format; `+freeze` (compile only): inductor freezing.
 A compiled fastvits model runs one eager forward at the benchmark's size first, so that the graph reads its position
-biases as constants. Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
+biases as constants. `--precision bf16` gives fastvits' engine runners the engine's bf16 form (bfloat16 weights and
+activations); the official code, timm models, `+plain` and fp16 run under autocast. Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
 
 The official `fastervit` package is never a dependency: `build_official` imports it lazily and
 gives the same weights to it through the reverse of fastvits' checkpoint conversion.
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..inference import PRECISIONS as ENGINE_PRECISIONS
 from ..inference import optimize_for_inference
 from ..models.fastervit import DERIVED_BUFFERS, official_state_dict
 from ..registry import create_model, list_models, resolve_name
@@ -403,7 +405,11 @@ def prepare_runner(
 
         module = reparameterize_model(module, inplace=True)
     elif impl == "fastvits" and not spec.plain:
-        module = optimize_for_inference(module, runtime=_RUNTIME[spec.backend])
+        in_engine = precision in ENGINE_PRECISIONS and spec.backend != "onnxruntime"  # fp16 stays with autocast
+        engine_precision = precision if in_engine else "fp32"
+        module = optimize_for_inference(module, runtime=_RUNTIME[spec.backend], precision=engine_precision)
+        if in_engine:
+            precision = "fp32"  # the engine casts itself: no autocast around its calls
     if impl == "fastvits" and spec.backend == "compile":  # the graph then reads the position tables as constants
         with torch.no_grad(), autocast(device, precision):
             module(example[:1].to(device))

@@ -7,6 +7,6 @@ layers, such as a detector): BatchNorm and layer scales folded, position encodin
 """
 
 from . import fastervit, layers, litv2  # noqa: F401  (register the conversions)
-from .engine import RUNTIMES, InferenceOnly, InferenceOptions, optimize_for_inference, optimize_module
+from .engine import PRECISIONS, RUNTIMES, InferenceOnly, InferenceOptions, optimize_for_inference, optimize_module
 
-__all__ = ["RUNTIMES", "InferenceOnly", "InferenceOptions", "optimize_for_inference", "optimize_module"]
+__all__ = ["PRECISIONS", "RUNTIMES", "InferenceOnly", "InferenceOptions", "optimize_for_inference", "optimize_module"]

@@ -10,15 +10,20 @@ layers), or at a detector that holds a fastvits backbone.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
+from .cpu_features import native_bf16
 from .onednn import ONEDNN_AVAILABLE
 
 __all__ = [
+    "PRECISIONS",
     "RUNTIMES",
     "InferenceOnly",
     "InferenceOptions",
@@ -31,6 +36,7 @@ __all__ = [
 M = TypeVar("M", bound=nn.Module)
 
 RUNTIMES = ("eager", "compile", "export")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -42,14 +48,20 @@ class InferenceOptions:
             "compile" and "export" keep plain torch ops, which `torch.compile` fuses itself and exporters translate;
             "export" also keeps the plain attention path (ONNX has no attention operator before opset 23).
         max_sizes: per layer, how many input sizes keep their position encodings as buffers (`SizeTable`).
+        precision: "fp32", or "bf16": weights and activations in bfloat16 (LayerNorm statistics and the softmax
+            accumulate in float32 inside their kernels, the deformable convs compute in float32); inputs are cast to
+            bfloat16 and outputs back to float32 at the model's call.
     """
 
     runtime: str = "eager"
     max_sizes: int = 8
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {self.runtime!r}; choose from {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
         if self.max_sizes < 0:
             raise ValueError(f"max_sizes must be >= 0, got {self.max_sizes}")
 
@@ -125,7 +137,10 @@ class InferenceOnly(nn.Module):
 
     def extra_repr(self) -> str:
         o = self.options
-        return f"runtime={o.runtime}, cpu_kernels={o.cpu_kernels}, max_sizes={o.max_sizes}, frozen weights"
+        return (
+            f"runtime={o.runtime}, precision={o.precision}, cpu_kernels={o.cpu_kernels}, max_sizes={o.max_sizes}, "
+            "frozen weights"
+        )
 
     def train(self, mode: bool = True) -> InferenceOnly:
         if mode:
@@ -137,7 +152,30 @@ class InferenceOnly(nn.Module):
         return super().train(False)
 
 
-def optimize_for_inference(model: M, *, runtime: str = "eager", max_sizes: int = 8) -> M:
+def _inputs_to_bfloat16(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple:
+    cast = lambda t: t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    return tree_map(cast, args), tree_map(cast, kwargs)
+
+
+def _outputs_to_float32(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+    return tree_map(lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t, output)
+
+
+def _check_precision(precision: str, model: nn.Module) -> None:
+    """Say so when bf16 is asked for on a CPU that only emulates it."""
+    param = next(model.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    if precision == "bf16" and on_cpu and native_bf16() is None:
+        warnings.warn(
+            "this CPU has no native bf16 (no AVX512-BF16 or AMX): torch emulates it, about 10x slower than float32 "
+            "(measured on an AVX2-only CPU); use precision='fp32' here",
+            stacklevel=3,
+        )
+
+
+def optimize_for_inference(
+    model: M, *, runtime: str = "eager", max_sizes: int = 8, precision: str = "fp32"
+) -> M:
     """An inference-only copy of `model`; `model` itself is not changed.
 
     The copy computes the same function up to float32 rounding (tested against the plain model on every fixture):
@@ -151,9 +189,18 @@ def optimize_for_inference(model: M, *, runtime: str = "eager", max_sizes: int =
     The copy owns frozen weights (`requires_grad=False`) and refuses `.train()`; its repr ends with the options.
     Other runtimes: "compile" for `torch.compile` (run one eager forward per input size first, so that the graph
     reads the position biases as constants), "export" for ONNX and torch.export.
+
+    `precision="bf16"` turns weights and activations to bfloat16 (see `InferenceOptions`); the copy then takes float32
+    inputs and returns float32 outputs at its call (`forward_features` and the other methods take bfloat16 inputs).
+    On a CPU that only emulates bf16 it warns.
     """
-    options = InferenceOptions(runtime=runtime, max_sizes=max_sizes)
+    options = InferenceOptions(runtime=runtime, max_sizes=max_sizes, precision=precision)
+    _check_precision(precision, model)
     frozen = optimize_module(copy.deepcopy(model).eval(), options).requires_grad_(False)
+    if precision == "bf16":
+        frozen.to(torch.bfloat16)
+        frozen.register_forward_pre_hook(_inputs_to_bfloat16, with_kwargs=True)
+        frozen.register_forward_hook(_outputs_to_float32, with_kwargs=True)
     frozen._modules.pop("inference", None)  # a model optimized before gets the new options
     # first among the children, so that .train() reaches the refusal before it changes any other module
     frozen._modules = {"inference": InferenceOnly(options, frozen).eval(), **frozen._modules}
