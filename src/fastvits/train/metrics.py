@@ -68,8 +68,10 @@ class MetricsLog:
             self._steps_file = open(folder / STEPS_FILE, "a", buffering=1)  # line-buffered appends
 
     def log_step(self, result: StepResult) -> None:
+        # loss and lr kept as steps.csv gives them back, so an epoch's mean train loss is the same number whether
+        # or not a resume read part of the epoch from the file
         row = {"global_step": result.global_step, "epoch": result.epoch, "step_in_epoch": result.step_in_epoch,
-               "loss": result.loss, "lr": result.lr}
+               "loss": float(f"{result.loss:.10g}"), "lr": float(f"{result.lr:.10g}")}
         self.steps.append(row)
         if self.enabled:
             self._steps_file.write(_step_line(row))

@@ -126,6 +126,9 @@ class _Trainer:
         self._build_data()
         self.parts = self._build_parts()
         self.start_epoch, self.start_step, self.global_step = 0, 0, 0
+        # what this process trains: a resumed run starts after its checkpoint (the final message says both)
+        self.steps_trained = 0
+        self.first_trained_step: int | None = None
         self._rng_state: dict[str, Any] | None = None  # this rank's RNG streams from the checkpoint
         if resumed is not None:
             self._load(resumed)
@@ -315,12 +318,16 @@ class _Trainer:
                       f"{self.dist.world_size}; data order is unchanged but dropout and mixup draws differ")
         self.start_epoch, self.start_step = progress["epoch"], progress["step_in_epoch"]
         self.global_step = progress["global_step"]
-        self._say(f"resumed from {path}: epoch {self.start_epoch}, step {self.start_step} of the epoch")
+        self._say(f"resumed from {path}: epoch {self.start_epoch}, step {self.start_step} of the epoch, global step "
+                  f"{self.global_step}")
 
     # --- loop --------------------------------------------------------------------------------------------------
 
     def _after_step(self, result: StepResult) -> None:
         self.global_step = result.global_step
+        self.steps_trained += 1
+        if self.first_trained_step is None:
+            self.first_trained_step = result.global_step
         self.metrics.log_step(result)
         every = self.opts.save_every
         if every and result.global_step % every == 0 and result.step_in_epoch < self.sampler.steps_per_epoch:
@@ -386,7 +393,10 @@ class _Trainer:
             raise DivergenceError(f"{e}. Training stopped; {self._last_good()}") from None
         finally:
             self.metrics.close()
-        self._say(f"done: weights {self.out / WEIGHTS['model']}, metrics {self.out / 'metrics.csv'}, "
+        trained = (f"global steps {self.first_trained_step}-{self.global_step}" if self.steps_trained
+                   else "no step left to train")
+        self._say(f"done ({self.steps_trained} optimizer steps in this process: {trained}): "
+                  f"weights {self.out / WEIGHTS['model']}, metrics {self.out / 'metrics.csv'}, "
                   f"plots {self.out / 'accuracy.png'} and {self.out / 'loss.png'}")
         return {**row, "output": str(self.out)}
 
