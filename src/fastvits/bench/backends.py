@@ -11,7 +11,8 @@ ONNX), unless a modifier says otherwise:
 - `+cl`: channels_last memory format; `+freeze` (compile only): inductor freezing.
 A compiled fastvits model runs one eager forward at the benchmark's size first, so that the graph reads its position
 biases as constants. `--precision bf16` gives fastvits' engine runners the engine's bf16 form (bfloat16 weights
-and activations); the official code, timm models, `+plain` and fp16 run under autocast. Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
+and activations); the official code, timm models, `+plain` and fp16 run under autocast.
+Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
 
 The official `fastervit` package is never a dependency: `build_official` imports it lazily and
 gives the same weights to it through the reverse of fastvits' checkpoint conversion.
