@@ -12,7 +12,8 @@ from typing import Any
 import timm
 import torch.nn as nn
 
-from . import models
+from .models.fastervit import default_cfgs as FASTERVIT_CFGS
+from .models.litv2 import default_cfgs as LITV2_CFGS
 
 __all__ = ["create_model", "list_models", "resolve_name"]
 
@@ -33,7 +34,7 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 def _names() -> set[str]:
-    return set(models.fastervit.default_cfgs) | set(models.litv2.default_cfgs)
+    return set(FASTERVIT_CFGS) | set(LITV2_CFGS)
 
 
 def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

@@ -85,11 +85,12 @@ def official_top1(name: str) -> float | None:
 
     fastvits' any-resolution names share the weights, and so the top-1, of their fixed-resolution namesakes.
     """
-    from ..models import fastervit, litv2
+    from ..models.fastervit import IMAGENET_TOP1 as FASTERVIT_TOP1
+    from ..models.litv2 import IMAGENET_TOP1 as LITV2_TOP1
     from ..registry import resolve_name
 
     arch = resolve_name(name).split(".")[0]
-    top1 = {**fastervit.IMAGENET_TOP1, **litv2.IMAGENET_TOP1}
+    top1 = {**FASTERVIT_TOP1, **LITV2_TOP1}
     if arch.endswith("_any_res"):
         base = arch.removesuffix("_any_res")
         arch = base if base in top1 else f"{base}_224"

@@ -6,7 +6,19 @@ layers, such as a detector): BatchNorm and layer scales folded, position encodin
 `reparameterize_model` gives the same result through the `fuse()` hooks of fastvits' stages and layers.
 """
 
-from . import fastervit, layers, litv2  # noqa: F401  (register the conversions)
 from .engine import PRECISIONS, RUNTIMES, InferenceOnly, InferenceOptions, optimize_for_inference, optimize_module
+from .fastervit import PackedConvBlock  # importing the family modules registers their conversions
+from .layers import PackedMlp
+from .litv2 import PackedConvFFN
 
-__all__ = ["PRECISIONS", "RUNTIMES", "InferenceOnly", "InferenceOptions", "optimize_for_inference", "optimize_module"]
+__all__ = [
+    "PRECISIONS",
+    "RUNTIMES",
+    "InferenceOnly",
+    "InferenceOptions",
+    "PackedConvBlock",
+    "PackedConvFFN",
+    "PackedMlp",
+    "optimize_for_inference",
+    "optimize_module",
+]

@@ -1,7 +1,6 @@
 """Model families. Importing this package registers every fastvits model with timm."""
 
-from . import fastervit, litv2
 from .fastervit import FasterViT
 from .litv2 import LITv2
 
-__all__ = ["FasterViT", "LITv2", "fastervit", "litv2"]
+__all__ = ["FasterViT", "LITv2"]
