@@ -15,7 +15,7 @@ from .allocator import AllocatorNotFound, relaunch_with_allocator
 from .errors import UserError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "fastvits.bench.cli", "fastvits.demo", "fastvits.downstream.cli", "fastvits.train.cli",
+    "fastvits.bench.cli", "fastvits.demo", "fastvits.deploy.cli", "fastvits.downstream.cli", "fastvits.train.cli",
 )
 
 

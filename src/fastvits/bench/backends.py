@@ -1,8 +1,8 @@
-"""What gets timed: a model (fastvits, the official FasterViT, or a timm peer) prepared for a backend.
+"""What gets timed: a model (fastvits, the official FasterViT, or a timm peer) prepared for a backend and a precision.
 
-A backend spec is `eager`, `compile` or `onnxruntime`, optionally with modifiers. fastvits models run every
-backend through `fastvits.optimize_for_inference` (with the runtime that fits: eager, compile, or export for
-ONNX), unless a modifier says otherwise:
+A backend spec is `eager`, `compile`, `onnxruntime` or `openvino`, optionally with modifiers. fastvits models run
+every backend through `fastvits.optimize_for_inference` (with the runtime that fits: eager, compile, or export for
+ONNX and OpenVINO), unless a modifier says otherwise:
 - `+plain`: the plain model as built, without the inference engine (no effect on other code);
 - `+reparam`: timm's `reparameterize_model` instead (modules with `fuse()` / `reparameterize()` /
   `switch_to_deploy()` convert themselves; fastvits' stages reach the same engine through `fuse()`; for the official
@@ -10,9 +10,18 @@ ONNX), unless a modifier says otherwise:
   caches are filled by a forward);
 - `+cl`: channels_last memory format; `+freeze` (compile only): inductor freezing.
 A compiled fastvits model runs one eager forward at the benchmark's size first, so that the graph reads its position
-biases as constants. `--precision bf16` gives fastvits' engine runners the engine's bf16 form (bfloat16 weights
-and activations); the official code, timm models, `+plain` and fp16 run under autocast.
-Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`.
+biases as constants.
+
+Precisions (`--precision`, several are timed interleaved):
+- fp32;
+- bf16: fastvits' engine runners get the engine's bf16 form (bfloat16 weights and activations); the official code,
+  timm models and `+plain` run under autocast; OpenVINO computes in bf16 (`INFERENCE_PRECISION_HINT`), on CPUs with
+  native bf16 only; ONNX Runtime has no bf16;
+- fp16: autocast (GPUs);
+- int8: onnxruntime and openvino only, the exported graph quantized by the runtime's toolchain
+  (`fastvits.deploy.int8`) on the run's calibration images; every implementation goes through the same one.
+A backend that cannot run a precision raises `Unsupported`, and the run skips that pair with a note.
+Examples: `eager+plain`, `compile+freeze`, `compile+reparam+freeze`, `onnxruntime`, `openvino`.
 
 The official `fastervit` package is never a dependency: `build_official` imports it lazily and
 gives the same weights to it through the reverse of fastvits' checkpoint conversion.
@@ -35,6 +44,7 @@ import timm
 import torch
 from torch import nn
 
+from ..deploy.calibration import CalibrationSet
 from ..errors import UserError
 from ..inference import PRECISIONS as ENGINE_PRECISIONS
 from ..inference import optimize_for_inference
@@ -47,6 +57,7 @@ __all__ = [
     "BenchError",
     "OfficialUnavailable",
     "Runner",
+    "Unsupported",
     "build_model",
     "build_official",
     "check_model_name",
@@ -57,9 +68,12 @@ __all__ = [
     "prepare_runner",
 ]
 
-BACKENDS = ("eager", "compile", "onnxruntime")
-_RUNTIME = {"eager": "eager", "compile": "compile", "onnxruntime": "export"}  # optimize_for_inference's runtime
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+EXPORTED = ("onnxruntime", "openvino")  # backends that run an exported ONNX graph
+# optimize_for_inference's runtime per backend
+_RUNTIME = {"eager": "eager", "compile": "compile", "onnxruntime": "export", "openvino": "export"}
+AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = (*AUTOCAST, "int8")
 OFFICIAL_INSTALL_HINT = (
     "the official FasterViT package is not installed. Install it next to fastvits with `pip install fastervit` "
     "(NVIDIA Source Code License-NC: non-commercial use only); fastvits never depends on it."
@@ -71,6 +85,10 @@ OFFICIAL_INSTALL_HINT = (
 
 class BenchError(UserError, ValueError):
     """A benchmark asked for something this machine or these models cannot do; the message says what to change."""
+
+
+class Unsupported(BenchError):
+    """A backend cannot run a precision (here): a run of several skips the pair with this note."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +113,8 @@ class BackendSpec:
             )
         if "freeze" in mods and backend != "compile":
             raise BenchError(f"+freeze is an option of torch.compile: use compile+freeze, not {text!r}")
-        if backend == "onnxruntime" and "cl" in mods:
-            raise BenchError("onnxruntime picks its own memory layout: drop +cl from onnxruntime")
+        if backend in EXPORTED and "cl" in mods:
+            raise BenchError(f"{backend} picks its own memory layout: drop +cl from {backend}")
         if "plain" in mods and "reparam" in mods:
             raise BenchError(f"+plain (no inference engine) and +reparam (timm's) contradict each other in {text!r}")
         return cls(backend, "cl" in mods, "reparam" in mods, "plain" in mods, "freeze" in mods)
@@ -119,7 +137,7 @@ def parse_backends(
     for text in specs:
         s = BackendSpec.parse(text)
         backend = "compile" if compile and s.backend == "eager" else s.backend
-        cl = s.channels_last or (channels_last and backend != "onnxruntime")
+        cl = s.channels_last or (channels_last and backend not in EXPORTED)
         s = BackendSpec(backend, cl, s.reparam or (reparam and not s.plain), s.plain, s.freeze)
         if s not in out:
             out.append(s)
@@ -265,11 +283,12 @@ class Runner:
     adapt: Callable[[torch.Tensor], Any]
     memory_call: Callable[[Any], Callable[[], torch.Tensor]] | None = None
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"
     _cleanup: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     @property
     def name(self) -> str:
-        return f"{self.impl} {self.spec}"
+        return f"{self.impl} {self.spec}" + (f" {self.precision}" if self.precision != "fp32" else "")
 
     def close(self) -> None:
         for fn in self._cleanup:
@@ -280,7 +299,7 @@ class Runner:
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=PRECISIONS[precision])
+    return torch.autocast(device.type, dtype=AUTOCAST[precision])
 
 
 def _inference(
@@ -352,28 +371,21 @@ def export_onnx_file(module: nn.Module, example: torch.Tensor, path: Path, expor
     return "torch.onnx.export (TorchScript, opset 17, static shapes)", False
 
 
-def _ort_session(path: Path, threads: int, arena: bool = True) -> Any:
-    import onnxruntime as ort
+def _check_precision(spec: BackendSpec, precision: str, device: torch.device) -> None:
+    """Raise Unsupported for a backend and precision that do not go together (on this machine)."""
+    if spec.backend in EXPORTED:
+        from ..deploy.runtimes import RuntimeUnavailable, check_runtime
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.enable_cpu_mem_arena = arena
-    # Idle worker threads would otherwise spin after each run and steal the CPU from whatever the
-    # round-robin times next.
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _ort_call(session: Any) -> Callable[[Any], torch.Tensor]:
-    name = session.get_inputs()[0].name
-
-    def call(x: Any) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: x})[0])
-
-    return call
+        if device.type != "cpu":
+            raise BenchError(f"the {spec.backend} backend runs on the CPU only: use --device cpu")
+        if precision == "fp16":
+            raise Unsupported(f"{spec.backend} runs no fp16 on the CPU")
+        try:
+            check_runtime(spec.backend, precision)
+        except RuntimeUnavailable as e:
+            raise Unsupported(str(e)) from None
+    elif precision == "int8":
+        raise Unsupported(f"int8 runs in an exported runtime: add --backend onnxruntime or openvino (not {spec})")
 
 
 def prepare_runner(
@@ -388,16 +400,22 @@ def prepare_runner(
     compile_mode: str | None = None,
     onnx_dir: str | Path | None = None,
     onnx_exporter: str = "auto",
+    calibration: CalibrationSet | None = None,
 ) -> Runner:
     """Turn an eval-mode module into a Runner (the module is modified: pass a copy to keep one).
 
     `example` is an input of the benchmark's image size: the official model fills its deploy caches with it, and a
-    compiled fastvits model its position-encoding tables. onnxruntime runners export on their first call (warm-up)
-    for the input's shape (see `export_onnx_file` for `onnx_exporter`).
+    compiled fastvits model its position-encoding tables. onnxruntime and openvino runners export on their first call
+    (warm-up) for the input's shape (see `export_onnx_file` for `onnx_exporter`); int8 quantizes that export on
+    `calibration`'s images. Raises Unsupported when the backend cannot run `precision`.
     """
     device = torch.device(device)
+    _check_precision(spec, precision, device)
+    if precision == "int8" and calibration is None:
+        raise BenchError("int8 needs calibration images: pass --calibration DATA")
     module = module.to(device).eval()
     notes: list[str] = []
+    autocast_precision = precision if precision in AUTOCAST else "fp32"
     if spec.reparam:
         if impl == "official":
             with torch.no_grad():  # the official deploy caches are filled by a forward
@@ -406,13 +424,13 @@ def prepare_runner(
 
         module = reparameterize_model(module, inplace=True)
     elif impl == "fastvits" and not spec.plain:
-        in_engine = precision in ENGINE_PRECISIONS and spec.backend != "onnxruntime"  # fp16 stays with autocast
-        engine_precision = precision if in_engine else "fp32"
-        module = optimize_for_inference(module, runtime=_RUNTIME[spec.backend], precision=engine_precision)
+        in_engine = precision in ENGINE_PRECISIONS and spec.backend not in EXPORTED  # fp16 stays with autocast
+        module = optimize_for_inference(module, runtime=_RUNTIME[spec.backend],
+                                        precision=precision if in_engine else "fp32")
         if in_engine:
-            precision = "fp32"  # the engine casts itself: no autocast around its calls
+            autocast_precision = "fp32"  # the engine casts itself: no autocast around its calls
     if impl == "fastvits" and spec.backend == "compile":  # the graph then reads the position tables as constants
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), autocast(device, autocast_precision):
             module(example[:1].to(device))
     if spec.channels_last:
         module = module.to(memory_format=torch.channels_last)
@@ -422,42 +440,73 @@ def prepare_runner(
         return x.contiguous(memory_format=torch.channels_last) if spec.channels_last else x.contiguous()
 
     if spec.backend == "eager":
-        return Runner(impl, spec, module, _inference(module, device, precision), adapt, notes=notes)
+        call = _inference(module, device, autocast_precision)
+        return Runner(impl, spec, module, call, adapt, notes=notes, precision=precision)
     if spec.backend == "compile":
         compiled = torch.compile(module, mode=compile_mode, dynamic=False)
-        call = _inference(compiled, device, precision)
-        return Runner(impl, spec, module, _freezing(call) if spec.freeze else call, adapt, notes=notes)
+        call = _inference(compiled, device, autocast_precision)
+        call = _freezing(call) if spec.freeze else call
+        return Runner(impl, spec, module, call, adapt, notes=notes, precision=precision)
+    return _exported_runner(module, impl, spec, precision, threads or torch.get_num_threads(), onnx_dir,
+                            onnx_exporter, calibration, notes)
 
-    # onnxruntime (CPU, fp32)
-    if device.type != "cpu":
-        raise BenchError("the onnxruntime backend runs on the CPU only: use --device cpu")
-    if precision != "fp32":
-        raise BenchError("the onnxruntime backend runs fp32 only: use --precision fp32")
-    threads = threads or torch.get_num_threads()
+
+def _exported_runner(
+    module: nn.Module,
+    impl: str,
+    spec: BackendSpec,
+    precision: str,
+    threads: int,
+    onnx_dir: str | Path | None,
+    onnx_exporter: str,
+    calibration: CalibrationSet | None,
+    notes: list[str],
+) -> Runner:
+    """An onnxruntime or openvino runner (CPU): the module exported to ONNX (onnxruntime) or converted by OpenVINO's
+    PyTorch frontend (openvino) on first use, int8 quantized then."""
+    from ..deploy.int8 import quantize_onnxruntime, quantize_openvino
+    from ..deploy.runtimes import onnxruntime_session, openvino_model, openvino_session
+
     tmp = Path(tempfile.mkdtemp(prefix="fastvits-onnx-", dir=onnx_dir))
-    exports: dict[tuple[int, ...] | None, Path] = {}
+    exports: dict[tuple[int, ...] | None, Any] = {}  # input shape (None: any batch) -> ONNX file or openvino.Model
     sessions: dict[tuple[int, ...] | None, Callable[[Any], torch.Tensor]] = {}
 
-    def onnx_file(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, Path]:
-        """The exported file for inputs of this shape (exported on first use, during warm-up)."""
-        if None in exports:
-            return None, exports[None]
-        if shape not in exports:
-            path = tmp / f"{impl}_{'x'.join(map(str, shape))}.onnx"
-            used, dynamic = export_onnx_file(module, torch.randn(shape), path, onnx_exporter)
-            if not notes:
-                notes.append(f"exported with {used}")
-            exports[None if dynamic else shape] = path
-        return (None, exports[None]) if None in exports else (shape, exports[shape])
+    def model_for(shape: tuple[int, ...]) -> tuple[tuple[int, ...] | None, Any]:
+        """The exported (and quantized) model for inputs of this shape (made on first use, during warm-up)."""
+        key = None if None in exports else shape
+        if key not in exports:
+            kept: list[str] = []
+            if spec.backend == "openvino":
+                model, key = openvino_model(module, torch.randn(max(2, shape[0]), *shape[1:])), None
+                if precision == "int8":
+                    model, kept = quantize_openvino(model, calibration)
+            else:
+                model = tmp / f"{impl}_{'x'.join(map(str, shape))}.onnx"
+                used, dynamic = export_onnx_file(module, torch.randn(shape), model, onnx_exporter)
+                if not notes:
+                    notes.append(f"exported with {used}")
+                key = None if dynamic else shape
+                if precision == "int8":
+                    kept = quantize_onnxruntime(model, model.with_suffix(".int8.onnx"), calibration)
+                    model = model.with_suffix(".int8.onnx")
+            if precision == "int8":
+                notes.append(f"int8 ({spec.backend}), kept in fp32: {', '.join(kept) or 'nothing'}")
+            exports[key] = model
+        return key, exports[key]
+
+    def session(model: Any, arena: bool = True) -> Callable[[Any], torch.Tensor]:
+        run = (onnxruntime_session(model, threads, arena) if spec.backend == "onnxruntime"
+               else openvino_session(model, precision, threads))
+        return lambda x: torch.from_numpy(run(x))
 
     def call(x: Any) -> torch.Tensor:
-        key, path = onnx_file(tuple(x.shape))
+        key, model = model_for(tuple(x.shape))
         if key not in sessions:
-            sessions[key] = _ort_call(_ort_session(path, threads))
+            sessions[key] = session(model)
         return sessions[key](x)
 
     def memory_call(x: Any) -> Callable[[], torch.Tensor]:
-        run = _ort_call(_ort_session(onnx_file(tuple(x.shape))[1], threads, arena=False))
+        run = session(model_for(tuple(x.shape))[1], arena=False)
         return lambda: run(x)
 
     runner = Runner(
@@ -466,8 +515,9 @@ def prepare_runner(
         module,
         call,
         lambda x: x.detach().to("cpu", torch.float32).contiguous().numpy(),
-        memory_call=memory_call,
+        memory_call=memory_call if spec.backend == "onnxruntime" else None,
         notes=notes,
+        precision=precision,
     )
     runner._cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
     runner._cleanup.append(sessions.clear)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..argtypes import json_object, non_negative_float, non_negative_int, positive_int
 from ..inference.cpu_features import native_bf16
-from .backends import BACKENDS, ONNX_EXPORTERS, BenchError, OfficialUnavailable, parse_backends
+from .backends import BACKENDS, EXPORTED, ONNX_EXPORTERS, PRECISIONS, BenchError, OfficialUnavailable, parse_backends
 from .report import print_results, save_results
 from .suite import BenchSettings, bench_models
 
@@ -108,10 +108,12 @@ def add_settings_arguments(p: argparse.ArgumentParser) -> tuple[argparse._Argume
     g = p.add_argument_group("what to run")
     g.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
-        default="fp32",
-        help="fp32, or bf16/fp16 autocast (this CPU: "
-        + (f"native bf16, {native_bf16()})" if native_bf16() else "no native bf16, emulated: keep CPU runs fp32)"),
+        choices=PRECISIONS,
+        nargs="+",
+        default=["fp32"],
+        help="fp32, bf16 (fastvits: the engine's bf16 form; others: autocast), fp16 (autocast), int8 (onnxruntime "
+        "and openvino backends); several are timed interleaved (`bench models`). This CPU: "
+        + (f"native bf16 ({native_bf16()})" if native_bf16() else "no native bf16, emulated: bf16 is slow here"),
     )
     g.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     g.add_argument("--threads", type=positive_int, help="torch (and onnxruntime) threads (default: torch's default)")
@@ -147,10 +149,17 @@ def add_output_arguments(
     o.add_argument("--name", default=name, help=f"file name stem in --out (default {name})")
 
 
-def settings_from_args(args: argparse.Namespace, **overrides: Any) -> BenchSettings:
+def settings_from_args(args: argparse.Namespace, several_precisions: bool = False, **overrides: Any) -> BenchSettings:
     """The `BenchSettings` of a bench mode: the options `add_settings_arguments` added, updated with `overrides`
-    (the mode's own fields, such as `roof=0` for no GEMM roof)."""
-    return BenchSettings(**{name: getattr(args, name) for name in _SHARED_SETTINGS} | overrides)
+    (the mode's own fields, such as `roof=0` for no GEMM roof). Only a mode that says `several_precisions` takes
+    more than one --precision."""
+    if len(args.precision) > 1 and not several_precisions:
+        raise BenchError(f"this mode times one precision at a time, got --precision {' '.join(args.precision)}; "
+                         "run it once per precision, or use `fastvits bench models`")
+    shared = {name: getattr(args, name) for name in _SHARED_SETTINGS} | {"precision": args.precision[0]}
+    if several_precisions:
+        shared["precisions"] = list(dict.fromkeys(args.precision))
+    return BenchSettings(**shared | overrides)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -188,6 +197,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "per batch size; auto: fastvits when available",
     )
     g.add_argument("--reparam", action="store_true", help="add +reparam to every backend")
+    g.add_argument("--calibration", default="fashion-mnist", metavar="DATA",
+                   help="int8: calibration images, fashion-mnist[:FOLDER] or an image folder (default fashion-mnist)")
+    g.add_argument("--calibration-images", type=positive_int, default=64, help="int8: how many (default 64)")
     g.add_argument(
         "--compare-official",
         action="store_true",
@@ -213,10 +225,11 @@ def _models_settings(args: argparse.Namespace) -> BenchSettings:
         )
     except ValueError as e:
         raise BenchError(str(e)) from None
-    if args.device == "cuda" and any(s.backend == "onnxruntime" for s in backends):
-        raise BenchError("the onnxruntime backend runs on the CPU only (--device cpu)")
+    if args.device == "cuda" and any(s.backend in EXPORTED for s in backends):
+        raise BenchError("the onnxruntime and openvino backends run on the CPU only (--device cpu)")
     return settings_from_args(
         args,
+        several_precisions=True,
         models=list(args.models),
         batch_sizes=args.batch_size,
         img_sizes=args.img_size,
@@ -227,6 +240,8 @@ def _models_settings(args: argparse.Namespace) -> BenchSettings:
         checkpoint=args.checkpoint,
         compile_mode=args.compile_mode,
         onnx_exporter=args.onnx_exporter,
+        calibration=args.calibration,
+        calibration_images=args.calibration_images,
     )
 
 

@@ -14,7 +14,6 @@ of /proc/stat small against the sample, and gives short batch-1 calls a stable m
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import gc
 import math
 import os
@@ -25,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils import flop_counter
@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - not on Windows
 
 from ..allocator import current_allocator
 from ..inference import optimize_for_inference
+from ..inference.cpu_features import cpu_name, isa_flags, native_bf16
 
 __all__ = [
     "LoadMonitor",
@@ -242,10 +243,8 @@ def _status_kib(key: str) -> int | None:
 def _release_free_heap() -> None:
     """Return freed heap pages to the OS (glibc), so resident memory is close to live memory."""
     gc.collect()
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        libc.malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols (libc's); no `ldconfig` subprocess
     except (OSError, AttributeError):
         pass
 
@@ -351,19 +350,26 @@ def gemm_roof(
     max_load: float = 0.2,
     monitor: LoadMonitor | None = None,
 ) -> tuple[float, Timing]:
-    """Achievable matmul throughput: (GFLOP/s, timing) of an n x n x n `torch.mm`.
+    """Achievable matmul throughput: (GFLOP/s, timing) of an n x n x n `torch.mm`; for int8, (GOP/s, timing) of
+    `torch._int_mm` (int8 x int8 -> int32).
 
-    n defaults to 2048 for fp32 on CPU (about 0.1 s at 180 GFLOP/s on 2 cores), 512 for half
+    n defaults to 2048 for fp32 and int8 on CPU (about 0.1 s at 180 GFLOP/s on 2 cores), 512 for half
     precisions on CPU (CPUs without native bf16 run them at a few GFLOP/s) and 8192 on CUDA.
     """
     device = torch.device(device)
     if n is None:
-        n = 8192 if device.type == "cuda" else (2048 if dtype == torch.float32 else 512)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+        n = 8192 if device.type == "cuda" else (2048 if dtype in (torch.float32, torch.int8) else 512)
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
+        b = torch.randint(-128, 128, (n, n), device=device, dtype=dtype)
+        matmul = torch._int_mm
+    else:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        matmul = torch.mm
 
     def mm() -> None:
-        torch.mm(a, b)
+        matmul(a, b)
 
     mm()  # warm-up
     timing = interleave({"mm": mm}, rounds=rounds, target_s=0.2, max_load=max_load, device=device, monitor=monitor)[
@@ -372,30 +378,57 @@ def gemm_roof(
     return 2 * n**3 / timing.step_s / 1e9, timing
 
 
+def onnxruntime_int8_roof(
+    threads: int, n: int = 2048, rounds: int = 5, max_load: float = 0.2, monitor: LoadMonitor | None = None
+) -> tuple[float, Timing]:
+    """ONNX Runtime's own int8 matmul throughput on the CPU: (GOP/s, timing) of an n x n x n `MatMulInteger`
+    (uint8 activations x int8 weights -> int32, the pair a QDQ model's quantized MatMuls run), on `threads` threads.
+    On CPUs without VNNI, `torch._int_mm` falls back to a slow reference loop, so int8 models are measured against
+    this roof."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-128, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_roof",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+
+    def mm() -> None:
+        session.run(None, {"a": a})
+
+    mm()  # warm-up
+    onnx.checker.check_model(model)
+    timing = interleave({"mm": mm}, rounds=rounds, target_s=0.2, max_load=max_load, monitor=monitor)["mm"]
+    return 2 * n**3 / timing.step_s / 1e9, timing
+
+
 # ---------------------------------------------------------------------------------------------- machine
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: torch.device | str = "cpu") -> dict[str, object]:
     """What a result needs to be read against: hardware, threads, versions, load at the start."""
     device = torch.device(device)
     info: dict[str, object] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
+        "isa": isa_flags(),
+        "native_bf16": native_bf16(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "platform": platform.platform(),
+        # not platform.platform(): it runs `uname -p`, and a subprocess forked from a process holding OpenVINO's
+        # threads and a torch DataLoader's SIGCHLD handler crashed that process (in the test suite)
+        "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}",
         "device": device.type,
         "allocator": current_allocator(),
         "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

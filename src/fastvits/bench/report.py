@@ -114,6 +114,7 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
         ("model", "model", 24, "s"),
         ("impl", "impl", 8, "s"),
         ("backend", "backend", 18, "s"),
+        ("precision", "prec", 5, "s"),
         ("infer_batch_size", "bs", 4, "d"),
         ("infer_img_size", "size", 8, "s"),
         ("infer_samples_per_sec", "img/s", 8, ".2f"),
@@ -181,18 +182,24 @@ def print_results(results: Any, file: TextIO = sys.stdout) -> None:
     """A run (`suite.BenchResults`) on screen: machine line, table, comparisons, notes."""
     m = results.machine
     roof = m.get("roof_gflops")
+    roofs = ", ".join(f"{p} {r:.1f}" for p, r in (m.get("roofs") or {}).items() if r)
     print(
-        f"\n{m['cpu']} ({m['cpu_count']} cores), {m['torch_threads']} threads, torch {m['torch']}, "
-        f"{m.get('gpu', 'cpu')}, {m.get('allocator', 'allocator unknown')}"
-        + (f", GEMM roof {roof:.1f} GFLOP/s" if roof else ""),
+        f"\n{m['cpu']} ({m['cpu_count']} cores; {' '.join(m.get('isa', []))}), {m['torch_threads']} threads, "
+        f"torch {m['torch']}, {m.get('gpu', 'cpu')}, {m.get('allocator', 'allocator unknown')}"
+        + (f", GEMM roof {roofs} G(FL)OP/s" if roofs else ""),
         file=file,
     )
     print(format_table(results.rows), file=file)
     for c in results.comparisons:
+        where = f"{c['model']} {c['infer_img_size']} bs {c['infer_batch_size']}"
+        if c["kind"] == "precision vs fp32":
+            print(f"{where}: best {c['precision']}, {c['best']} vs best fp32 {c['best_fp32']}: {c['speedup']:.2f}x",
+                  file=file)
+            continue
         eager = f"; eager vs eager {c['eager_speedup']:.2f}x" if c.get("eager_speedup") else ""
         print(
-            f"{c['model']} {c['infer_img_size']} bs {c['infer_batch_size']}: best of each, {c['best_fastvits']} vs "
-            f"{c['best_official']}: {c['best_speedup']:.2f}x{eager}",
+            f"{where} {c['precision']}: best of each, {c['best_fastvits']} vs {c['best_official']}: "
+            f"{c['best_speedup']:.2f}x{eager}",
             file=file,
         )
     if any(r["noisy"] for r in results.rows):

@@ -10,6 +10,7 @@ weights when asked), prepares one runner per backend spec and measures every bat
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import sys
 import time
@@ -19,14 +20,17 @@ from typing import Any
 
 import timm
 import torch
+from timm.data import resolve_data_config
 from torch import nn
 
+from ..deploy.calibration import CalibrationSet, load_calibration
 from ..registry import list_models
 from .backends import (
     BackendSpec,
     BenchError,
     OfficialUnavailable,
     Runner,
+    Unsupported,
     build_model,
     build_official,
     check_model_name,
@@ -34,7 +38,7 @@ from .backends import (
     default_img_size,
     prepare_runner,
 )
-from .measure import gemm_roof, interleave, machine_info, model_gmacs, paired_ratio, peak_memory
+from .measure import gemm_roof, interleave, machine_info, model_gmacs, onnxruntime_int8_roof, paired_ratio, peak_memory
 from .report import official_top1
 
 __all__ = [
@@ -44,10 +48,11 @@ __all__ = [
     "bench_models",
     "expand_models",
     "measure_group",
-    "measure_roof",
+    "measure_roofs",
 ]
 
 Log = Callable[[str], None]
+ROOF_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
 
 
 def _stderr(msg: str) -> None:
@@ -61,7 +66,10 @@ class BenchSettings:
     models: list[str] = field(default_factory=lambda: ["fastervit_0_224"])
     batch_sizes: list[int] | None = None  # None: 1 and 32 on CPU, 1 and 256 on CUDA
     img_sizes: list[tuple[int, int]] | None = None  # None: each model's default input size
-    precision: str = "fp32"  # fp32, or bf16 / fp16 autocast
+    precision: str = "fp32"  # the precision of modes that time one (fp32, bf16, fp16 autocast)
+    precisions: list[str] | None = None  # `fastvits bench models`: several, timed interleaved (None: [precision])
+    calibration: str = "fashion-mnist"  # int8's calibration images (`fastvits.deploy.load_calibration`)
+    calibration_images: int = 64
     backends: list[BackendSpec] = field(default_factory=lambda: [BackendSpec()])
     compare_official: bool = False
     device: str = "cpu"
@@ -82,10 +90,14 @@ class BenchSettings:
     def resolved_batch_sizes(self) -> list[int]:
         return self.batch_sizes or ([1, 256] if self.device == "cuda" else [1, 32])
 
+    def resolved_precisions(self) -> list[str]:
+        return self.precisions or [self.precision]
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["backends"] = [str(s) for s in self.backends]
         d["batch_sizes"] = self.resolved_batch_sizes()
+        d["precisions"] = self.resolved_precisions()
         return d
 
 
@@ -116,17 +128,27 @@ def expand_models(patterns: Sequence[str]) -> list[str]:
     return names
 
 
-def measure_roof(settings: BenchSettings, log: Log = _stderr) -> float | None:
-    """The GEMM roof in GFLOP/s: settings.roof if given (0: none), else measured now."""
-    if settings.roof is not None:
-        return settings.roof or None
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[settings.precision]
-    gflops, timing = gemm_roof(settings.device, dtype, rounds=3, max_load=settings.max_load)
-    log(
-        f"GEMM roof: {gflops:.1f} GFLOP/s ({settings.precision} torch.mm, {torch.get_num_threads()} threads"
-        f"{', noisy' if timing.noisy else ''})"
-    )
-    return gflops
+def measure_roofs(settings: BenchSettings, log: Log = _stderr) -> dict[str, float | None]:
+    """The GEMM roof per precision in GFLOP/s (int8: GOP/s of `torch._int_mm`): settings.roof for all if given
+    (0: none), else measured now."""
+    roofs: dict[str, float | None] = {}
+    for precision in settings.resolved_precisions():
+        if settings.roof is not None:
+            roofs[precision] = settings.roof or None
+            continue
+        gflops, timing = gemm_roof(settings.device, ROOF_DTYPES[precision], rounds=3, max_load=settings.max_load)
+        op = "torch._int_mm" if precision == "int8" else "torch.mm"
+        unit = "GOP/s" if precision == "int8" else "GFLOP/s"
+        threads = torch.get_num_threads()
+        log(f"GEMM roof: {gflops:.1f} {unit} ({precision} {op}, {threads} threads{', noisy' if timing.noisy else ''})")
+        if precision == "int8" and importlib.util.find_spec("onnxruntime") is not None:
+            # the runtimes' own int8 kernels: on CPUs without VNNI torch._int_mm is a slow reference loop
+            ort_gops, timing = onnxruntime_int8_roof(threads, rounds=3, max_load=settings.max_load)
+            log(f"GEMM roof: {ort_gops:.1f} GOP/s (int8 onnxruntime MatMulInteger, {threads} threads"
+                f"{', noisy' if timing.noisy else ''}): int8 rows are measured against the higher of the two")
+            gflops = max(gflops, ort_gops)
+        roofs[precision] = gflops
+    return roofs
 
 
 def size_text(size: tuple[int, int]) -> str | int:
@@ -157,7 +179,8 @@ def _speed_baseline(entries: Sequence[Entry], i: int) -> int | None:
     if e.runner.impl == "official":
         return None
     for j, o in enumerate(entries):
-        if o.model == e.model and o.runner.impl == "official" and o.runner.spec == e.runner.spec:
+        if (o.model == e.model and o.runner.impl == "official" and o.runner.spec == e.runner.spec
+                and o.runner.precision == e.runner.precision):
             return j
     first = next(j for j, o in enumerate(entries) if o.model == e.model)
     return first if first != i else None
@@ -167,12 +190,13 @@ def measure_group(
     entries: Sequence[Entry],
     x: torch.Tensor,
     settings: BenchSettings,
-    roof_gflops: float | None = None,
+    roofs: dict[str, float | None] | None = None,
     roof_gmacs: float | None = None,
     log: Log = _stderr,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time the entries interleaved on input x; returns (rows, comparisons).
 
+    roofs: the GEMM roof of each precision (`measure_roofs`), for each row's roof fraction.
     roof_gmacs: the work per image that the roof fraction credits (default: each row's own GMACs).
     The same figure for every implementation of a model makes fractions comparable.
     """
@@ -232,6 +256,7 @@ def measure_group(
         base = _speed_baseline(entries, i)
         diff = (outputs[i] - outputs[0]).abs().max().item() if i else None
         work = roof_gmacs if roof_gmacs is not None else e.gmacs
+        roof_gflops = (roofs or {}).get(e.runner.precision)
         ips = bs / t.step_s
         rows.append(
             {
@@ -244,7 +269,7 @@ def measure_group(
                 "infer_gmacs": e.gmacs,
                 "impl": e.runner.impl,
                 "backend": str(e.runner.spec),
-                "precision": settings.precision,
+                "precision": e.runner.precision,
                 "device": device.type,
                 "threads": torch.get_num_threads(),
                 "infer_mem_mb": mem[i] / 2**20 if mem[i] is not None else None,
@@ -265,15 +290,16 @@ def measure_group(
                 "notes": e.runner.notes,
             }
         )
-    return rows, _best_vs_best(entries, timings, rows)
+    return rows, _best_vs_best(entries, timings, rows) + _precision_gains(entries, timings, rows)
 
 
 def _best_vs_best(entries: Sequence[Entry], timings: dict, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per model with both implementations: fastvits' fastest runner against the official fastest."""
+    """Per model and precision with both implementations: fastvits' fastest runner against the official fastest."""
     out = []
-    for model in dict.fromkeys(e.model for e in entries):
+    for model, precision in dict.fromkeys((e.model, e.runner.precision) for e in entries):
         idx = {
-            impl: [i for i, e in enumerate(entries) if e.model == model and e.runner.impl == impl]
+            impl: [i for i, e in enumerate(entries)
+                   if e.model == model and e.runner.impl == impl and e.runner.precision == precision]
             for impl in ("fastvits", "official")
         }
         if not idx["fastvits"] or not idx["official"]:
@@ -288,7 +314,9 @@ def _best_vs_best(entries: Sequence[Entry], timings: dict, rows: list[dict[str, 
         ]
         out.append(
             {
+                "kind": "fastvits vs official",
                 "model": model,
+                "precision": precision,
                 "infer_batch_size": rows[ours]["infer_batch_size"],
                 "infer_img_size": rows[ours]["infer_img_size"],
                 "best_fastvits": entries[ours].runner.name,
@@ -301,6 +329,32 @@ def _best_vs_best(entries: Sequence[Entry], timings: dict, rows: list[dict[str, 
                 "eager_official_roof_frac": rows[eager[0][1]]["roof_frac"] if eager else None,
             }
         )
+    return out
+
+
+def _precision_gains(entries: Sequence[Entry], timings: dict, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model and implementation timed in fp32 and another precision: the fastest runner of each other precision
+    against the fastest fp32 runner."""
+    out = []
+    for model, impl in dict.fromkeys((e.model, e.runner.impl) for e in entries):
+        best: dict[str, int] = {}
+        for i, e in enumerate(entries):
+            if e.model == model and e.runner.impl == impl:
+                p = e.runner.precision
+                if p not in best or timings[e.key].step_s < timings[entries[best[p]].key].step_s:
+                    best[p] = i
+        if "fp32" not in best:
+            continue
+        base = best.pop("fp32")
+        for precision, i in best.items():
+            out.append({
+                "kind": "precision vs fp32", "model": model, "impl": impl, "precision": precision,
+                "infer_batch_size": rows[i]["infer_batch_size"], "infer_img_size": rows[i]["infer_img_size"],
+                "best": entries[i].runner.name, "best_fp32": entries[base].runner.name,
+                "speedup": paired_ratio(timings[entries[base].key], timings[entries[i].key]),
+                "roof_frac": rows[i]["roof_frac"], "fp32_roof_frac": rows[base]["roof_frac"],
+                "max_abs_diff_vs_first": rows[i]["max_abs_diff"],
+            })
     return out
 
 
@@ -336,28 +390,46 @@ def _build_entries(
             notes.append(f"{name} {size_text(size)}: no official comparison: {e}")
             log(f"  note: {notes[-1]}")
     example = torch.randn(1, 3, *size)
+    pairs = [(p, spec) for p in settings.resolved_precisions() for spec in settings.backends]
+    calibration = _calibration(model, size, settings) if "int8" in settings.resolved_precisions() else None
     entries, ours_gmacs = [], None
     for b_impl, base in bases:
         gmacs, params = gmacs_and_params(base, size, device)
         if b_impl == impl:
             ours_gmacs = gmacs
-        n = len(settings.backends)
         keep = keep_original or b_impl != impl
-        modules = ([base] if keep else [copy.deepcopy(base)]) + [copy.deepcopy(base) for _ in range(n - 1)]
-        for spec, module in zip(settings.backends, modules):
-            runner = prepare_runner(
-                module,
-                b_impl,
-                spec,
-                example,
-                device=device,
-                precision=settings.precision,
-                threads=settings.threads,
-                compile_mode=settings.compile_mode,
-                onnx_exporter=settings.onnx_exporter,
-            )
+        for k, (precision, spec) in enumerate(pairs):
+            module = base if keep and k == len(pairs) - 1 else copy.deepcopy(base)
+            try:
+                runner = prepare_runner(
+                    module,
+                    b_impl,
+                    spec,
+                    example,
+                    device=device,
+                    precision=precision,
+                    threads=settings.threads,
+                    compile_mode=settings.compile_mode,
+                    onnx_exporter=settings.onnx_exporter,
+                    calibration=calibration,
+                )
+            except Unsupported as e:
+                if len(pairs) == 1:
+                    raise
+                notes.append(f"{name}: {b_impl} {spec} {precision} skipped: {e}")
+                log(f"  note: {notes[-1]}")
+                continue
             entries.append(Entry(name, runner, gmacs, params))
+    if not entries:
+        raise BenchError(f"no backend of {', '.join(map(str, settings.backends))} runs any of the precisions "
+                         f"{', '.join(settings.resolved_precisions())} here; see the notes above")
     return entries, ours_gmacs
+
+
+def _calibration(model: nn.Module, size: tuple[int, int], settings: BenchSettings) -> CalibrationSet:
+    """int8's calibration images at the benchmark's size, preprocessed as the model expects (no crop)."""
+    config = {**resolve_data_config(model=model), "input_size": (3, *size), "crop_pct": 1.0}
+    return load_calibration(settings.calibration, config, settings.calibration_images)
 
 
 def check_img_size(name: str, model: nn.Module, size: tuple[int, int]) -> None:
@@ -379,7 +451,9 @@ def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
         raise BenchError("--device cuda asked but torch sees no CUDA device")
     names = expand_models(settings.models)
     results = BenchResults(machine_info(device), settings.to_dict())
-    results.machine["roof_gflops"] = roof = measure_roof(settings, log)
+    roofs = measure_roofs(settings, log)
+    results.machine["roofs"] = roofs  # per precision; int8 in GOP/s
+    results.machine["roof_gflops"] = roofs[settings.resolved_precisions()[0]]
     batch_sizes = settings.resolved_batch_sizes()
     gen = torch.Generator().manual_seed(settings.seed)
     for name in names:
@@ -397,7 +471,7 @@ def bench_models(settings: BenchSettings, log: Log = _stderr) -> BenchResults:
                 for bs in batch_sizes:
                     log(f"{name} {size_text(size)} batch {bs}: {', '.join(e.runner.name for e in entries)}")
                     x = torch.randn(bs, 3, *size, generator=gen)
-                    rows, comps = measure_group(entries, x, settings, roof, ours_gmacs, log)
+                    rows, comps = measure_group(entries, x, settings, roofs, ours_gmacs, log)
                     results.rows += rows
                     results.comparisons += comps
             finally:

@@ -76,20 +76,23 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_model_source(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (a training run, or a name with optional weights)")
+    group = parser.add_argument_group("model (a training run, a name with optional weights, or an artifact)")
     group.add_argument("--run", type=Path, help="output folder of `fastvits train`")
     group.add_argument("--ema", action="store_true", help="with --run: use the EMA weights")
     group.add_argument("--model", help="timm or fastvits model name")
     group.add_argument("--checkpoint", help="with --model: weights file (.safetensors, official .pth/.pth.tar)")
     group.add_argument("--num-classes", type=positive_int, help="with --model: classifier width (default: the model's)")
     group.add_argument("--model-kwargs", type=json_object, default={}, help="with --model: constructor arguments")
+    group.add_argument("--artifact", type=Path, help="folder written by `fastvits export` (ONNX Runtime or OpenVINO)")
+    group.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                       help="with --run or --model: the inference engine's precision (an artifact has its own)")
 
 
 def _model_source(args: argparse.Namespace) -> ModelSource:
-    if (args.run is None) == (args.model is None):
-        raise TrainError("name the model with exactly one of --run RUN_FOLDER or --model NAME")
+    if sum(x is not None for x in (args.run, args.model, args.artifact)) != 1:
+        raise TrainError("name the model with exactly one of --run RUN_FOLDER, --model NAME or --artifact FOLDER")
     return ModelSource(run=args.run, ema=args.ema, model=args.model, checkpoint=args.checkpoint,
-                       num_classes=args.num_classes, model_kwargs=args.model_kwargs)
+                       num_classes=args.num_classes, model_kwargs=args.model_kwargs, artifact=args.artifact)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -113,10 +116,11 @@ def _validate(args: argparse.Namespace) -> int:
         require_writable_file(args.results_file, "--results-file")  # before the evaluation, not after it
     row = validate(_model_source(args), data=args.data, split=args.split, batch_size=args.batch_size,
                    workers=args.workers, img_size=_size(args.img_size), limit=args.limit, device=args.device,
-                   amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress)
+                   amp=args.amp, channels_last=args.channels_last, progress=not args.no_progress,
+                   precision=args.precision)
     print(f"{row['model']}: top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%, loss {row['loss']:.4f} "
           f"on {row['samples']} images; {row['param_count']} M params, {row['samples_per_sec']:.1f} img/s "
-          f"(forward passes at {row['img_size']} px)")
+          f"(forward passes at {row['img_size']} px, {row['precision']} {row['runtime']})")
     if args.results_file:
         if args.results_file.endswith(".csv"):
             atomic_write_csv(args.results_file, [row], list(row))
@@ -129,7 +133,7 @@ def _predict(args: argparse.Namespace) -> int:
     if args.results_file:
         require_writable_file(args.results_file, "--results-file")
     results = predict(_model_source(args), args.images, topk=args.topk, native_size=args.native_size,
-                      img_size=_size(args.img_size), device=args.device)
+                      img_size=_size(args.img_size), device=args.device, precision=args.precision)
     for r in results:
         ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top"])
         print(f"{r['image']} ({r['size'][0]}x{r['size'][1]}): {ranked}")
