@@ -57,9 +57,13 @@ def torchao_int8(model: torch.nn.Module, calibration: CalibrationSet, example: t
     with torch.no_grad():
         for b in calibration.batches(8):
             prepared(b)
-    converted = convert_pt2e(prepared)
-    inductor_config.freezing = True
-    return torch.compile(converted)
+    compiled = torch.compile(convert_pt2e(prepared))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):  # compilation happens at the first call of each shape
+            return compiled(x)
+
+    return forward
 
 
 def rel_error(ref: torch.Tensor, out: torch.Tensor) -> float:

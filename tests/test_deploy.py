@@ -133,7 +133,7 @@ def test_metadata_records_what_the_artifact_was_made_from(trained, calibration, 
     assert meta == artifact.metadata
     assert meta["precision"] == "int8" and meta["runtime"] == "onnxruntime"
     assert meta["input"]["size"] == [3, 32, 32] and meta["input"]["batch"] == "dynamic"
-    assert meta["calibration"]["sha256"] == calibration.fingerprint and meta["calibration"]["images"] == 32
+    assert meta["calibration"]["sha256"] == calibration.fingerprint and meta["calibration"]["count"] == 32
     assert meta["tuned_on"]["cpu"] and meta["tuned_on"]["isa"]
     digest = hashlib.sha256((tmp_path / "a" / "model.onnx").read_bytes()).hexdigest()
     assert meta["files"] == {"model.onnx": digest}
@@ -256,7 +256,11 @@ def test_export_then_validate_and_predict_the_artifact(trained, tmp_path, capsys
                  "--img-size", "32", "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     meta = json.loads((out / METADATA_FILE).read_text())
-    assert meta["drift"]["images"] == "given" and meta["drift"]["count"] == 32  # held-out images, not calibration's
+    # calibrated on 32 evenly spaced train images, checked on the 32 midway between them
+    config = load_artifact(out).data_config
+    assert meta["calibration"]["sha256"] == load_calibration("fashion-mnist", config, 32).fingerprint
+    assert meta["drift"]["check_images"] == "given" and meta["drift"]["count"] == 32
+    assert meta["drift"]["check_sha256"] == load_calibration("fashion-mnist", config, 32, between=32).fingerprint
     results = tmp_path / "v.json"
     assert main(["validate", "--artifact", str(out), "--data", "fashion-mnist", "--limit", "256", "--no-progress",
                  "--workers", "0",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import shutil
 import tempfile
@@ -464,8 +465,8 @@ def _exported_runner(
 ) -> Runner:
     """An onnxruntime or openvino runner (CPU): the module exported to ONNX (onnxruntime) or converted by OpenVINO's
     PyTorch frontend (openvino) on first use, int8 quantized then."""
-    from ..deploy.int8 import quantize_onnxruntime, quantize_openvino
-    from ..deploy.runtimes import onnxruntime_session, openvino_model, openvino_session
+    from ..deploy.convert import runtime_model
+    from ..deploy.runtimes import onnxruntime_session, openvino_session
 
     tmp = Path(tempfile.mkdtemp(prefix="fastvits-onnx-", dir=onnx_dir))
     exports: dict[tuple[int, ...] | None, Any] = {}  # input shape (None: any batch) -> ONNX file or openvino.Model
@@ -475,23 +476,18 @@ def _exported_runner(
         """The exported (and quantized) model for inputs of this shape (made on first use, during warm-up)."""
         key = None if None in exports else shape
         if key not in exports:
-            kept: list[str] = []
-            if spec.backend == "openvino":
-                model, key = openvino_model(module, torch.randn(max(2, shape[0]), *shape[1:])), None
-                if precision == "int8":
-                    model, kept = quantize_openvino(model, calibration)
-            else:
-                model = tmp / f"{impl}_{'x'.join(map(str, shape))}.onnx"
-                used, dynamic = export_onnx_file(module, torch.randn(shape), model, onnx_exporter)
-                if not notes:
-                    notes.append(f"exported with {used}")
-                key = None if dynamic else shape
-                if precision == "int8":
-                    kept = quantize_onnxruntime(model, model.with_suffix(".int8.onnx"), calibration)
-                    model = model.with_suffix(".int8.onnx")
+            # OpenVINO's torch.export needs batch >= 2 to keep the batch dynamic; the TorchScript ONNX exporter
+            # fixes the example's shape
+            batch = max(2, shape[0]) if spec.backend == "openvino" else shape[0]
+            made = runtime_model(module, spec.backend, precision, torch.randn(batch, *shape[1:]),
+                                 tmp / f"{impl}_{'x'.join(map(str, shape))}.onnx", calibration,
+                                 functools.partial(export_onnx_file, exporter=onnx_exporter))
+            if not notes:
+                notes.append(f"exported with {made.exported_with}")
             if precision == "int8":
-                notes.append(f"int8 ({spec.backend}), kept in fp32: {', '.join(kept) or 'nothing'}")
-            exports[key] = model
+                notes.append(f"int8 ({spec.backend}), kept in fp32: {', '.join(made.kept_in_fp32) or 'nothing'}")
+            key = None if made.dynamic_batch else shape
+            exports[key] = made.model
         return key, exports[key]
 
     def session(model: Any, arena: bool = True) -> Callable[[Any], torch.Tensor]:

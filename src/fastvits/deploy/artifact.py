@@ -37,9 +37,9 @@ from torch import nn
 from ..errors import UserError
 from ..inference import optimize_for_inference
 from ..inference.cpu_features import cpu_name, isa_flags
-from .calibration import CalibrationSet
-from .int8 import quantize_onnxruntime, quantize_openvino
-from .runtimes import check_runtime, onnxruntime_session, openvino_model, openvino_session, runtime_version
+from .calibration import CalibrationSet, images_sha256
+from .convert import runtime_model
+from .runtimes import check_runtime, onnxruntime_session, openvino_session, runtime_version
 
 __all__ = [
     "ARTIFACT_FORMAT", "METADATA_FILE", "PRECISIONS", "TOLERANCES", "Artifact", "ArtifactError", "Drift", "DriftError",
@@ -81,7 +81,7 @@ TOLERANCES = {
 
 @dataclass(frozen=True)
 class Drift:
-    images: int
+    count: int
     max_abs: float
     rel_logit: float
     top1_agreement: float
@@ -97,7 +97,7 @@ class Drift:
         agree = f", top-1 agreement {self.top1_agreement:.4f}" + (
             f" (at least {t.top1_agreement})" if t.top1_agreement is not None else "")
         return (f"largest logit difference {self.max_abs:.4g} = {self.rel_logit:.4g} of the logit scale (at most "
-                f"{t.rel_logit:.4g}){agree}, on {self.images} images")
+                f"{t.rel_logit:.4g}){agree}, on {self.count} images")
 
 
 def measure_drift(reference: torch.Tensor, output: torch.Tensor, tolerance: Tolerance) -> Drift:
@@ -225,24 +225,18 @@ def _random_images(input_size: Sequence[int], n: int = 8) -> torch.Tensor:
 
 def _write_model(model: nn.Module, folder: Path, runtime: str, precision: str, input_size: Sequence[int],
                  calibration: CalibrationSet | None) -> list[str]:
-    """The runtime's model files in `folder`; returns the layers kept in float32."""
+    """The runtime's model files (`_MODEL_FILES`) in `folder`; returns the layers kept in float32."""
     example = torch.zeros(2, *input_size)  # batch 2: exporters specialise size-1 dimensions
+    made = runtime_model(optimize_for_inference(model, runtime="export"), runtime, precision, example,
+                         folder / "fp32.onnx", calibration)
     if runtime == "onnxruntime":
-        from ..export import export_onnx
+        made.model.rename(folder / "model.onnx")
+        (folder / "fp32.onnx").unlink(missing_ok=True)  # the float32 graph an int8 model was quantized from
+    else:
+        import openvino as ov
 
-        fp32 = export_onnx(model, folder / "fp32.onnx", tuple(input_size), dynamic_batch=True)
-        if precision != "int8":
-            fp32.rename(folder / "model.onnx")
-            return []
-        kept = quantize_onnxruntime(fp32, folder / "model.onnx", calibration)
-        fp32.unlink()
-        return kept
-    import openvino as ov
-
-    converted = openvino_model(optimize_for_inference(model, runtime="export"), example)
-    converted, kept = quantize_openvino(converted, calibration) if precision == "int8" else (converted, [])
-    ov.save_model(converted, str(folder / "model.xml"), compress_to_fp16=False)
-    return kept
+        ov.save_model(made.model, str(folder / "model.xml"), compress_to_fp16=False)
+    return made.kept_in_fp32
 
 
 def _replaceable(out: Path) -> None:
@@ -318,9 +312,9 @@ def export_artifact(
             output = torch.cat([artifact(b) for b in images.split(32)])
         drift = measure_drift(reference, output, TOLERANCES[precision])
         metadata["drift"] = {**asdict(drift), "within_tolerance": drift.within,
-                             "images": "given" if check_images is not None else (
+                             "check_images": "given" if check_images is not None else (
                                  "calibration" if precision == "int8" else "random"),
-                             "count": drift.images}
+                             "check_sha256": images_sha256(images)}
         if check_drift and not drift.within:
             raise DriftError(
                 f"the {precision} {runtime} export drifts from the float32 model beyond its tolerance: {drift}. "

@@ -24,11 +24,11 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from ..errors import UserError
-from ..train.data import FASHION_MNIST, eval_transform, load_image
+from ..train.data import FASHION_MNIST, eval_transform, load_image, parse_data
 from ..train.fashion_mnist import FashionMNIST
 
 __all__ = ["DEFAULT_CALIBRATION_IMAGES", "MIN_CALIBRATION_IMAGES", "CalibrationError", "CalibrationSet",
-           "load_calibration"]
+           "images_sha256", "load_calibration"]
 
 DEFAULT_CALIBRATION_IMAGES = 128
 MIN_CALIBRATION_IMAGES = 16  # fewer gives activation ranges that a single odd image decides
@@ -60,7 +60,7 @@ class CalibrationSet:
     @property
     def fingerprint(self) -> str:
         """SHA-256 of the preprocessed images: equal fingerprints, equal calibration."""
-        return hashlib.sha256(self.images.contiguous().numpy().tobytes()).hexdigest()
+        return images_sha256(self.images)
 
     def batches(self, batch_size: int = 1) -> Iterator[torch.Tensor]:
         """The images in their fixed order, `batch_size` at a time (the last batch may be smaller)."""
@@ -69,10 +69,15 @@ class CalibrationSet:
     def describe(self) -> dict[str, Any]:
         """What an artifact's metadata records about its calibration."""
         return {
-            "source": self.source, "split": self.split, "images": len(self), "available": self.available,
+            "source": self.source, "split": self.split, "count": len(self), "available": self.available,
             "selection": "evenly spaced in the source's fixed order", "input_size": list(self.images.shape[1:]),
             "sha256": self.fingerprint,
         }
+
+
+def images_sha256(images: torch.Tensor) -> str:
+    """SHA-256 of a float32 image batch's bytes (in C order)."""
+    return hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -117,12 +122,13 @@ def load_calibration(
             f"(default {DEFAULT_CALIBRATION_IMAGES}); pass more with --calibration-images"
         )
     transform = eval_transform(data_config)
-    if source == FASHION_MNIST or source.startswith(FASHION_MNIST + ":"):
-        dataset = FashionMNIST(split, root=source.partition(":")[2] or None)
+    data = parse_data(source)
+    if data.kind == FASHION_MNIST:
+        dataset = FashionMNIST(split, root=data.root)
         available, where, used_split = len(dataset), f"{FASHION_MNIST} {split}", split
         read = lambda i: dataset[i][0]  # noqa: E731
     else:
-        folder = Path(source)
+        folder = data.root
         if not folder.is_dir():
             raise CalibrationError(
                 f"calibration data {source!r} is neither a folder nor {FASHION_MNIST}[:FOLDER]; pass a folder of "

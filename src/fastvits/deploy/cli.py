@@ -19,6 +19,7 @@ import torch
 
 from ..argtypes import json_object, positive_int
 from ..train.inference import ModelSource, load_for_inference
+from ..train.modeling import RUN_FILE
 from .artifact import PRECISIONS, export_artifact
 from .calibration import DEFAULT_CALIBRATION_IMAGES, load_calibration
 from .runtimes import RUNTIMES
@@ -29,7 +30,7 @@ CHECK_IMAGES = 64
 
 
 def _source(model: str, args: argparse.Namespace) -> ModelSource:
-    if (Path(model) / "run.json").is_file():
+    if (Path(model) / RUN_FILE).is_file():
         return ModelSource(run=Path(model), ema=args.ema)
     return ModelSource(model=model, checkpoint=args.checkpoint, num_classes=args.num_classes,
                        model_kwargs=args.model_kwargs)
@@ -55,7 +56,7 @@ def _export(args: argparse.Namespace) -> int:
     )
     drift = artifact.metadata["drift"]
     print(f"wrote {args.out}: {spec.name} for {args.runtime} in {args.precision}, input {tuple(config['input_size'])}"
-          f"; drift on {drift['count']} {drift['images']} images: {drift['rel_logit']:.4g} of the logit scale, "
+          f"; drift on {drift['count']} {drift['check_images']} images: {drift['rel_logit']:.4g} of the logit scale, "
           f"top-1 agreement {drift['top1_agreement']:.4f}"
           + ("" if drift["within_tolerance"] else " (BEYOND TOLERANCE: written because of --no-drift-check)"))
     if artifact.metadata["kept_in_fp32"]:

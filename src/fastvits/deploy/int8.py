@@ -23,24 +23,15 @@ from typing import Any
 
 from .calibration import CalibrationSet
 
-__all__ = ["QUANTIZED_OPS", "image_readers", "quantize_onnxruntime", "quantize_openvino"]
+__all__ = ["QUANTIZED_OPS", "quantize_onnxruntime", "quantize_openvino"]
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def image_readers(onnx_path: str | Path) -> list[str]:
-    """Names of the ONNX nodes of `QUANTIZED_OPS` that read a graph input (the image) directly."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+def _image_readers(graph: Any) -> list[str]:
+    """Names of the nodes of `QUANTIZED_OPS` in the ONNX `graph` that read a graph input (the image) directly."""
     inputs = {i.name for i in graph.input}
     return [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and n.input[0] in inputs]
-
-
-def _input_name(onnx_path: str | Path) -> str:
-    import onnx
-
-    return onnx.load(str(onnx_path), load_external_data=False).graph.input[0].name
 
 
 def quantize_onnxruntime(fp32: Path, out: Path, calibration: CalibrationSet) -> list[str]:
@@ -48,6 +39,7 @@ def quantize_onnxruntime(fp32: Path, out: Path, calibration: CalibrationSet) -> 
 
     The graph goes through ONNX Runtime's recommended pre-processing first (shape inference and graph
     optimisation, `quant_pre_process`)."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -59,7 +51,8 @@ def quantize_onnxruntime(fp32: Path, out: Path, calibration: CalibrationSet) -> 
 
     prepared = out.with_name(out.stem + ".prepared.onnx")
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-    name = _input_name(prepared)
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    name, kept = graph.input[0].name, _image_readers(graph)
 
     class Images(CalibrationDataReader):
         def __init__(self) -> None:
@@ -69,7 +62,6 @@ def quantize_onnxruntime(fp32: Path, out: Path, calibration: CalibrationSet) -> 
             batch = next(self.batches, None)
             return None if batch is None else {name: batch.numpy()}
 
-    kept = image_readers(prepared)
     quantize_static(
         str(prepared), str(out), Images(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
