@@ -362,6 +362,26 @@ def test_bf16_inference_form(name, runtime):
     torch.testing.assert_close(out, ref, atol=8 * 2**-8 * ref.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("name", ["fastervit_0_any_res", "litv2_s"])
+def test_bf16_compiled_with_inductor(name):
+    """The bf16 form under torch.compile with inductor and freezing, as `fastvits bench --backend compile+freeze
+    --precision bf16` runs it: one graph, still bfloat16 inside, within the eager bf16 tolerance."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    model = randomize(small_model(name)).eval()
+    fast = fastvits.optimize_for_inference(model, runtime="compile", precision="bf16")
+    compiled = torch.compile(fast, fullgraph=True, dynamic=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad(), inductor_config.patch(freezing=True):
+        fast(x[:1])  # the position tables for this size, read by the graph as constants
+        ref, out = model(x), compiled(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=8 * 2**-8 * ref.abs().max().item(), rtol=0)
+    # bf16 rounding shows (about 2 unit roundoffs in eager); float32 throughout would stay near 1e-6
+    assert (out - ref).abs().max() > 2**-8 * 0.1 * ref.abs().max(), "the compiled graph computed in float32"
+
+
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="unknown precision 'int4'; choose from fp32, bf16"):
         fastvits.optimize_for_inference(small_model("litv2_s"), precision="int4")
