@@ -74,6 +74,29 @@ def test_command_runs_again_under_the_allocator(tmp_path):
     assert machine["allocator"] == "tcmalloc"
 
 
+@linux_only
+def test_openvino_is_refused_under_a_preloaded_allocator(tmp_path):
+    """OpenVINO aborts the process ("free(): invalid size") with tcmalloc or jemalloc preloaded, so a run that asks
+    for it there skips it with the reason (bench) or exits 2 (export) before OpenVINO is loaded."""
+    fake = tmp_path / "libtcmalloc_minimal.so.4"
+    shutil.copy(_loaded_libm(), fake)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
+    bench = ["bench", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "-b", "1", *BENCH_FAST, "--no-memory",
+             "--backend", "eager", "openvino"]
+    run = subprocess.run([sys.executable, "-m", "fastvits.cli", "--allocator", str(fake), *bench, "--out",
+                          str(tmp_path)], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "bench.json").read_text())
+    assert [row["backend"] for row in results["rows"]] == ["eager"]
+    assert any("openvino fp32 skipped: OpenVINO aborts in a process with tcmalloc preloaded" in n for n in results["notes"])
+    export = ["export", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "--runtime", "openvino", "--out",
+              str(tmp_path / "artifact")]
+    run = subprocess.run([sys.executable, "-m", "fastvits.cli", "--allocator", str(fake), *export], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "without `fastvits --allocator`" in run.stderr, run.stderr[-2000:]
+    assert not (tmp_path / "artifact").exists()
+
+
 def test_names_are_looked_up_even_where_a_folder_has_that_name(monkeypatch, tmp_path):
     (tmp_path / "tcmalloc").mkdir()
     lib_dir = tmp_path / "lib"

@@ -503,6 +503,6 @@ def allocator_note(rows: Sequence[dict[str, Any]], allocator: str, faults_per_im
         f"{worst['impl']} {worst['backend']} batch {worst['infer_batch_size']}, {worst['page_faults']:,.0f} page "
         f"faults per batch): glibc's malloc gives large blocks back after each forward. tcmalloc usually makes such "
         "runs faster, for every implementation: apt-get install libtcmalloc-minimal4, then `fastvits --allocator "
-        "tcmalloc COMMAND ...` (or LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 for any program); "
-        "docs/benchmarks.md, 'the allocator'"
+        "tcmalloc COMMAND ...` (or LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 for any program; "
+        "OpenVINO cannot run under it and is skipped then); docs/benchmarks.md, 'the allocator'"
     )

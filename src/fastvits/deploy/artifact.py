@@ -72,7 +72,10 @@ class Tolerance:
 
 TOLERANCES = {
     "fp32": Tolerance(1e-4),  # graph rewrites reorder float32 sums: measured about 1e-6
-    "bf16": Tolerance(8 * 2**-8),  # eight bf16 unit roundoffs: measured 2-3
+    # random weights: 2-3 bf16 unit roundoffs (2^-8); trained small LITv2 on Fashion-MNIST: 0.055 over 10,000 images
+    # (engine), 0.054 over 256 (OpenVINO), so 25 unit roundoffs (top-1 agreement 0.996-0.999, not checked: the
+    # default check images are random, on which near-tied logits flip)
+    "bf16": Tolerance(0.1),
     # trained small FasterViT / LITv2 on Fashion-MNIST: 0.04-0.09 on 64 held-out images, up to 0.54 over 10,000
     # (LITv2 in OpenVINO); top-1 agreement 0.98-0.997
     "int8": Tolerance(0.5, 0.95),

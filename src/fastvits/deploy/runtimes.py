@@ -7,6 +7,9 @@ callable from a float32 NCHW array to the output array. What each runtime comput
 - OpenVINO picks its inference precision itself and, on a CPU with native bf16 (AMX, AVX512-BF16), computes float32
   models in bf16 unless told otherwise. `openvino_session` always sets `INFERENCE_PRECISION_HINT`: f32 for fp32 and
   int8 (the layers left out of int8 stay float32), bf16 for bf16.
+  OpenVINO cannot share a process with a preloaded allocator (tcmalloc, jemalloc: `fastvits --allocator`, or
+  LD_PRELOAD): its CPU plugin then frees memory the other allocator handed out and the process aborts ("free():
+  invalid size", seen with OpenVINO 2026.4 and both allocators); such a process is refused before it loads OpenVINO.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..allocator import ALLOCATORS, current_allocator
 from ..errors import UserError
 from ..inference.cpu_features import native_bf16
 
@@ -34,6 +38,11 @@ class RuntimeUnavailable(UserError, RuntimeError):
 
 
 def _import(runtime: str) -> Any:
+    if runtime == "openvino" and (allocator := current_allocator()) in ALLOCATORS:
+        raise RuntimeUnavailable(
+            f"OpenVINO aborts in a process with {allocator} preloaded (its CPU plugin frees memory {allocator} "
+            "allocated): run OpenVINO without `fastvits --allocator` and without LD_PRELOAD, or use onnxruntime"
+        )
     try:
         if runtime == "onnxruntime":
             import onnxruntime
