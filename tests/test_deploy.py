@@ -304,3 +304,9 @@ def test_bench_times_precisions_interleaved():
     assert any("eager int8 skipped" in n for n in results.notes)
     gains = [c for c in results.comparisons if c["kind"] == "precision vs fp32"]
     assert [c["precision"] for c in gains] == ["int8"]
+    # "best" is the fastest runner of its precision (the rows' own throughput), the speedup their time ratio
+    speed = {f"fastvits {r['backend']}" + ("" if r["precision"] == "fp32" else f" {r['precision']}"):
+             r["infer_samples_per_sec"] for r in results.rows}
+    fp32 = [name for name in speed if not name.endswith("int8")]
+    assert gains[0]["best_fp32"] == max(fp32, key=speed.get) and gains[0]["best"] == "fastvits onnxruntime int8"
+    assert gains[0]["speedup"] == pytest.approx(speed["fastvits onnxruntime int8"] / speed[gains[0]["best_fp32"]])
