@@ -41,3 +41,19 @@ def test_bench_compare_official(tmp_path):
     official = [r for r in rows if ",official," in r]
     assert len(official) == 2 and all(float(r.split(",")[rows[0].split(",").index("max_abs_diff")]) < 1e-4
                                        for r in official)
+
+
+def test_bench_skips_the_official_frozen_compile_outside_its_deploy_mode(tmp_path):
+    """The official model assigns new position-bias buffers at every forward, so a frozen graph of it recompiles at
+    every call (30 s for FasterViT-0 at 224): the bench skips that runner with the reason and times fastvits' own,
+    even when it is the only backend asked for."""
+    from fastvits.cli import main
+
+    code = main(["bench", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "--img-size", "224", "-b", "1",
+                 "--backend", "compile+freeze", "--compare-official", "--no-memory", *BENCH_FAST,
+                 "--out", str(tmp_path), "--name", "cmp"])
+    assert code == 0
+    rows = (tmp_path / "cmp.csv").read_text().splitlines()[1:]
+    assert len(rows) == 1 and ",fastvits," in rows[0]
+    notes = (tmp_path / "cmp.json").read_text()
+    assert "official compile+freeze fp32 skipped" in notes and "use compile+reparam+freeze" in notes

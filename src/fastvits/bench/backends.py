@@ -389,6 +389,16 @@ def _check_precision(spec: BackendSpec, precision: str, device: torch.device) ->
         raise Unsupported(f"int8 runs in an exported runtime: add --backend onnxruntime or openvino (not {spec})")
 
 
+def _check_official(spec: BackendSpec) -> None:
+    """Raise Unsupported for a spec the official model cannot be timed in."""
+    if spec.backend == "compile" and spec.freeze and not spec.reparam:
+        raise Unsupported(
+            "the official FasterViT assigns new position-bias buffers at every forward outside its deploy mode, so "
+            "a frozen graph recompiles at every call (30 s each for FasterViT-0 at 224): use compile+reparam+freeze "
+            "(its deploy mode) or compile"
+        )
+
+
 def prepare_runner(
     module: nn.Module,
     impl: str,
@@ -412,6 +422,8 @@ def prepare_runner(
     """
     device = torch.device(device)
     _check_precision(spec, precision, device)
+    if impl == "official":
+        _check_official(spec)
     if precision == "int8" and calibration is None:
         raise BenchError("int8 needs calibration images: pass --calibration DATA")
     module = module.to(device).eval()

@@ -414,7 +414,7 @@ def _build_entries(
                     calibration=calibration,
                 )
             except Unsupported as e:
-                if len(pairs) == 1:
+                if len(pairs) == 1 and b_impl == impl:  # the one pair asked for cannot run: an error, not a note
                     raise
                 notes.append(f"{name}: {b_impl} {spec} {precision} skipped: {e}")
                 log(f"  note: {notes[-1]}")
