@@ -172,3 +172,22 @@ def test_optimized_model_exports_the_same_graph(name, tmp_path):
         path = export_onnx(form, tmp_path / f"{name}.onnx", SIZE, dynamo=False)
         assert "BatchNormalization" not in op_types(path) or name.startswith("fastervit")  # FasterViT's final norm
         assert verify_onnx(path, model, x, atol=1e-4) < 1e-4
+
+
+def test_litv2_graph_runs_its_ffn_on_the_map(tmp_path):
+    """In the exported graph each ConvFFN's depthwise conv reads a 1x1 conv's output and feeds another: the tokens
+    become a map and back once per block on C channels, not around the depthwise conv on the 4C hidden channels
+    (each such transpose is a copy in ONNX Runtime and OpenVINO; it took half of OpenVINO's int8 LITv2-S time)."""
+    model = randomized(fastvits.create_model("litv2_s", num_classes=10, **LITV2_TINY))
+    graph = onnx.load(str(export_onnx(model, tmp_path / "litv2.onnx", SIZE, dynamo=False))).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    depthwise = [n for n in graph.node
+                 if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    assert len(depthwise) == sum(LITV2_TINY["depths"])
+    for conv in depthwise:
+        assert producer[conv.input[0]].op_type == "Conv"
+        assert not {n.op_type for n in readers[conv.output[0]]} & {"Transpose", "Reshape"}  # GELU's ops read it
