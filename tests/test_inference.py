@@ -190,6 +190,12 @@ def test_large_windows_keep_the_compact_bias_table():
     biases = [m for m in fast.modules() if isinstance(m, FrozenRelativeBias)]
     stored = [b.numel() for m in biases for b in m.buffers()]
     assert stored and max(stored) <= FULL_BIAS_LIMIT
+    # optimized again (what export_onnx does to an optimized model): one table over the plain bias MLP, not two
+    again = fastvits.optimize_for_inference(fast, runtime="export")
+    assert not any(isinstance(m.source, FrozenRelativeBias) for m in again.modules()
+                   if isinstance(m, FrozenRelativeBias))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x), atol=1e-5, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------ CPU kernels

@@ -46,14 +46,19 @@ def _mlp(mlp: Mlp, options: InferenceOptions) -> nn.Module:
     return convert_children(mlp, options)
 
 
-@converts(ContinuousRelativeBias)
-def _relative_bias(bias: ContinuousRelativeBias, options: InferenceOptions) -> nn.Module:
-    return FrozenRelativeBias(bias, options.max_sizes)
+@converts(ContinuousRelativeBias, FrozenRelativeBias)
+def _relative_bias(bias: ContinuousRelativeBias | FrozenRelativeBias, options: InferenceOptions) -> nn.Module:
+    """A table over the plain bias MLP (of a model optimized before: a new table over its source)."""
+    source = bias.source if isinstance(bias, FrozenRelativeBias) else bias
+    return FrozenRelativeBias(source, options.max_sizes)
 
 
-@converts(MlpPositionEmbedding)
-def _position_embedding(embedding: MlpPositionEmbedding, options: InferenceOptions) -> nn.Module:
-    return FrozenPositionEmbedding(embedding, options.max_sizes)
+@converts(MlpPositionEmbedding, FrozenPositionEmbedding)
+def _position_embedding(
+    embedding: MlpPositionEmbedding | FrozenPositionEmbedding, options: InferenceOptions
+) -> nn.Module:
+    source = embedding.source if isinstance(embedding, FrozenPositionEmbedding) else embedding
+    return FrozenPositionEmbedding(source, options.max_sizes)
 
 
 @converts(HATBlock)
