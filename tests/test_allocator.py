@@ -23,6 +23,15 @@ def _loaded_libm() -> Path:
     pytest.skip("no libm mapped into this process")
 
 
+@pytest.fixture
+def fake_tcmalloc(tmp_path) -> tuple[Path, dict[str, str]]:
+    """(a copy of libm under tcmalloc's file name, the environment without a preload): CI machines have no tcmalloc."""
+    fake = tmp_path / "libtcmalloc_minimal.so.4"
+    shutil.copy(_loaded_libm(), fake)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
+    return fake, env
+
+
 def test_missing_library_says_how_to_install_it(monkeypatch, tmp_path):
     monkeypatch.setattr(allocator, "_search_dirs", lambda: [tmp_path])
     with pytest.raises(AllocatorNotFound, match=r"libtcmalloc_minimal\.so\.4.*apt-get install libtcmalloc-minimal4"):
@@ -60,12 +69,10 @@ def test_a_preload_that_does_not_take_is_an_error_not_a_loop(monkeypatch, tmp_pa
 
 
 @linux_only
-def test_command_runs_again_under_the_allocator(tmp_path):
+def test_command_runs_again_under_the_allocator(tmp_path, fake_tcmalloc):
     """The command re-runs with the library preloaded, and its results name the allocator. A copy of libm under
     tcmalloc's file name stands in for tcmalloc, which CI machines do not have."""
-    fake = tmp_path / "libtcmalloc_minimal.so.4"
-    shutil.copy(_loaded_libm(), fake)
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
+    fake, env = fake_tcmalloc
     bench = ["bench", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "-b", "1", *BENCH_FAST, "--no-memory"]
     argv = ["--allocator", str(fake), *bench, "--out", str(tmp_path)]
     run = subprocess.run([sys.executable, "-m", "fastvits.cli", *argv], env=env, capture_output=True, text=True)
@@ -75,12 +82,10 @@ def test_command_runs_again_under_the_allocator(tmp_path):
 
 
 @linux_only
-def test_openvino_is_refused_under_a_preloaded_allocator(tmp_path):
+def test_openvino_is_refused_under_a_preloaded_allocator(tmp_path, fake_tcmalloc):
     """OpenVINO aborts the process ("free(): invalid size") with tcmalloc or jemalloc preloaded, so a run that asks
     for it there skips it with the reason (bench) or exits 2 (export) before OpenVINO is loaded."""
-    fake = tmp_path / "libtcmalloc_minimal.so.4"
-    shutil.copy(_loaded_libm(), fake)
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "FASTVITS_ALLOCATOR_RELAUNCHED")}
+    fake, env = fake_tcmalloc
     bench = ["bench", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "-b", "1", *BENCH_FAST, "--no-memory",
              "--backend", "eager", "openvino"]
     run = subprocess.run([sys.executable, "-m", "fastvits.cli", "--allocator", str(fake), *bench, "--out",
@@ -88,7 +93,8 @@ def test_openvino_is_refused_under_a_preloaded_allocator(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     results = json.loads((tmp_path / "bench.json").read_text())
     assert [row["backend"] for row in results["rows"]] == ["eager"]
-    assert any("openvino fp32 skipped: OpenVINO aborts in a process with tcmalloc preloaded" in n for n in results["notes"])
+    skipped = "openvino fp32 skipped: OpenVINO aborts in a process with tcmalloc preloaded"
+    assert any(skipped in note for note in results["notes"])
     export = ["export", "fastervit_0_224", "--model-kwargs", BENCH_TINY, "--runtime", "openvino", "--out",
               str(tmp_path / "artifact")]
     run = subprocess.run([sys.executable, "-m", "fastvits.cli", "--allocator", str(fake), *export], env=env,
